@@ -1,0 +1,1 @@
+"""Hydra config tree, importable so tests and installed copies can compose it."""

@@ -1,0 +1,41 @@
+"""Closed-form inversion of the output layer's scalar equation for the binary logistic loss.
+
+With no bias, <w, dL/dw> = mu * dL/dmu = -u / (1 + e^u) =: f(u), u = y * mu. Writing v = -u - c turns
+c = f(u) into v e^v = c e^-c, so u = -c - W(c e^-c) with W the Lambert W function: the principal branch for
+c >= 0 (unique root, u <= 0: a wrongly classified sample) and both real branches for c in (F_MIN, 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+from scipy.special import lambertw
+
+from rgap_bench.errors import InvalidUpdateError
+
+U_STAR = 1.2784645427610738  # root of 1 + e^u = u e^u, where f is smallest
+F_MIN = 1.0 - U_STAR  # f(U_STAR) = 1 - U_STAR
+
+
+def logistic_f(u: float) -> float:
+    """f(u) = -u / (1 + e^u), written to stay finite for large |u|."""
+    if u > 0:
+        e = math.exp(-u)
+        return -u * e / (1.0 + e)
+    return -u / (1.0 + math.exp(u))
+
+
+def invert_logistic_scalar(c: float) -> list[float]:
+    """All real u with f(u) = c: one root for c >= 0, two for F_MIN < c < 0 (smaller first)."""
+    if not math.isfinite(c):
+        raise InvalidUpdateError(f"<w, dL/dw> of the output layer is {c}; the update contains NaN or Inf")
+    if c >= 0:
+        return [-c - lambertw(c * math.exp(-c), 0).real]
+    if c < F_MIN:
+        raise InvalidUpdateError(
+            f"<w, dL/dw> of the output layer is {c:.6g}, below the smallest value {F_MIN:.6f} a logistic loss can "
+            "produce: the update is not an unperturbed binary-logistic gradient (noise defence, another loss, or a "
+            "bias in the output layer)"
+        )
+    arg = c * math.exp(-c)
+    return [-c - lambertw(arg, 0).real, -c - lambertw(arg, -1).real]

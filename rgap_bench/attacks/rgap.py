@@ -1,0 +1,265 @@
+"""R-GAP: recursive closed-form reconstruction of a single input from its gradient (Zhu & Blaschko, ICLR 2021).
+
+Top-down over the blocks: the output layer's scalar gives mu and k_d = dL/dz_d, its gradient row gives x_d; then
+for each block below, z_i = sigma^-1(x_{i+1}), k_i = (W_{i+1}^T k_{i+1}) * sigma'(z_i), and the layer input solves
+[gradient rows; weight rows] x_i = [dL/dW_i; z_i] in the least-squares sense.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rgap_bench.attacks.logistic_scalar import invert_logistic_scalar
+from rgap_bench.errors import ConfigError, InvalidUpdateError, UnsupportedModelError
+from rgap_bench.linalg.activations import PiecewiseLinear, invertible_activation
+from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
+from rgap_bench.linalg.lstsq import solve_blocks
+from rgap_bench.models.layers import SequentialNet
+from rgap_bench.types import ClientUpdate, LayerReport, Reconstruction
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_LAYERS = "bias-free nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear"
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """What the recursion needs of one block, read off the model once and checked."""
+
+    index: int
+    name: str
+    op: nn.Conv2d | nn.Linear
+    act: PiecewiseLinear
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    grad: Tensor
+
+
+def choose_candidate(candidates: list[Reconstruction], tolerance: float = 10.0) -> Reconstruction:
+    """Pick among (label, root) hypotheses: the most consistent, then the one inside the image range.
+
+    A bias-free LeakyReLU network is positively homogeneous, so when the output scalar has two roots both yield
+    exactly consistent reconstructions that differ by a scale; only the public prior that inputs are images in
+    [0, 1] tells them apart.
+    """
+    floor = min(rec.info["mean_residual_rel"] for rec in candidates)
+    consistent = [rec for rec in candidates if rec.info["mean_residual_rel"] <= tolerance * floor + 1e-9]
+    return min(consistent, key=lambda rec: rec.info["range_violation"])
+
+
+def describe_op(op: nn.Conv2d | nn.Linear) -> str:
+    """Short, readable layer label such as 'conv 3>12 k4 s2 p2' or 'linear 3200>1'."""
+    if isinstance(op, nn.Linear):
+        return f"linear {op.in_features}>{op.out_features}"
+    kernel = "x".join(map(str, op.kernel_size)) if op.kernel_size[0] != op.kernel_size[1] else op.kernel_size[0]
+    return f"conv {op.in_channels}>{op.out_channels} k{kernel} s{op.stride[0]} p{op.padding[0]}"
+
+
+class RGAP:
+    """The attack plugin (`attack=rgap`)."""
+
+    def __init__(
+        self,
+        name: str = "rgap",
+        dtype: str = "float64",
+        solver: str = "auto",
+        rank: str = "auto",
+        rank_max_unknowns: int = 6000,
+        refine_steps: int = 2,
+        scale_rows: bool = True,
+        rcond: float = 1e-10,
+    ) -> None:
+        if dtype not in ("float64", "float32"):
+            raise ConfigError(f"attack.dtype must be float64 or float32, got {dtype!r}")
+        if rank not in ("auto", "exact", "off"):
+            raise ConfigError(f"attack.rank must be auto, exact or off, got {rank!r}")
+        if solver not in ("auto", "dense", "sparse"):
+            raise ConfigError(f"attack.solver must be auto, dense or sparse, got {solver!r}")
+        self.name = name
+        self.dtype = torch.float64 if dtype == "float64" else torch.float32
+        self.solver = solver
+        self.rank = rank
+        self.rank_max_unknowns = rank_max_unknowns
+        self.refine_steps = refine_steps
+        self.scale_rows = scale_rows
+        self.rcond = rcond
+
+    def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
+        meta = update.metadata
+        if meta.kind != "gradient":
+            raise UnsupportedModelError(f"R-GAP inverts gradients (FedSGD); got an update of kind {meta.kind!r}")
+        if meta.loss != "binary_logistic":
+            raise UnsupportedModelError(
+                f"R-GAP's output-layer step is derived for the binary logistic loss; got {meta.loss!r}"
+            )
+        if meta.batch_size != 1:
+            raise UnsupportedModelError(
+                f"R-GAP recovers one sample; this update averages {meta.batch_size}. Use data.batch_size=1, or a "
+                "gradient-matching attack for batches"
+            )
+        layers = self._read_layers(model, update)
+        grad_out = layers[-1].grad.reshape(-1)
+        w_out = layers[-1].op.weight.detach().reshape(-1).double()
+        c = float(w_out @ grad_out)
+        scale = meta.batch_size if meta.reduction == "mean" else 1
+        roots = invert_logistic_scalar(c * scale)
+        labels = [int(meta.labels.reshape(-1)[0])] if meta.labels is not None else [0, 1]
+        candidates = []
+        for label in labels:
+            for u in roots:
+                candidates.append(self._recurse(layers, label, u, scale))
+        best = choose_candidate(candidates)
+        if len(candidates) > 1:
+            best.info["candidates"] = [
+                {key: r.info[key] for key in ("label", "u", "mean_residual_rel", "range_violation")} for r in candidates
+            ]
+        return best
+
+    def _read_layers(self, model: nn.Module, update: ClientUpdate) -> list[_Layer]:
+        if not isinstance(model, SequentialNet):
+            raise UnsupportedModelError(
+                f"R-GAP walks a stack of conv/linear blocks (rgap_bench.models.SequentialNet); got "
+                f"{model.__class__.__name__}"
+            )
+        shapes = [*model.block_input_shapes, None]
+        layers = []
+        for i, block in enumerate(model.blocks):
+            where = f"layer {i} ({block.op.__class__.__name__})"
+            op = block.op
+            if not isinstance(op, nn.Conv2d | nn.Linear):
+                raise UnsupportedModelError(f"{where} is not supported; R-GAP supports {SUPPORTED_LAYERS}")
+            if op.bias is not None:
+                raise UnsupportedModelError(
+                    f"{where} has a bias; R-GAP as published needs bias-free layers. Set bias: false"
+                )
+            if isinstance(op, nn.Conv2d) and (
+                op.groups != 1
+                or tuple(op.dilation) != (1, 1)
+                or op.padding_mode != "zeros"
+                or isinstance(op.padding, str)
+            ):
+                raise UnsupportedModelError(f"{where}: R-GAP supports {SUPPORTED_LAYERS}")
+            key = f"blocks.{i}.op.weight"
+            if key not in update.tensors:
+                raise InvalidUpdateError(f"the update has no tensor {key!r}; it was made for another model")
+            grad = update.tensors[key].detach().to("cpu", torch.float64)
+            if grad.shape != op.weight.shape:
+                raise InvalidUpdateError(f"{key}: update shape {tuple(grad.shape)} != weight {tuple(op.weight.shape)}")
+            if not torch.isfinite(grad).all():
+                raise InvalidUpdateError(
+                    f"{key} contains NaN or Inf: the client's gradient diverged or a defence broke it; "
+                    "check the client loss and the defence parameters"
+                )
+            out_shape = tuple(shapes[i + 1]) if shapes[i + 1] is not None else (op.weight.shape[0],)
+            layers.append(_Layer(i, key, op, invertible_activation(block.act, where), shapes[i], out_shape, grad))
+        head = layers[-1].op
+        if not isinstance(head, nn.Linear) or head.out_features != 1:
+            raise UnsupportedModelError(
+                "R-GAP's output step needs a single-logit nn.Linear head (binary logistic loss); "
+                f"the last layer is {head}"
+            )
+        return layers
+
+    def _recurse(self, layers: list[_Layer], label: int, u: float, scale: int) -> Reconstruction:
+        y = 2 * label - 1
+        mu = u / y
+        head = layers[-1]
+        z = head.act.inverse(torch.tensor([mu], dtype=torch.float64))
+        dl_dmu = -y / (1.0 + math.exp(u)) / scale
+        k = dl_dmu * head.act.derivative(z)
+        reports: list[LayerReport] = []
+        x_next: Tensor | None = None
+        for layer in reversed(layers):
+            if x_next is not None:
+                z = layer.act.inverse(x_next.reshape(layer.out_shape))
+                k = self._back_propagate(layers[layer.index + 1], k) * layer.act.derivative(z)
+            x_next, report = self._solve_layer(layer, k, z)
+            reports.append(report)
+        reports.reverse()
+        residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
+        image = x_next.reshape(1, *layers[0].in_shape).float()
+        return Reconstruction(
+            inputs=image,
+            labels=torch.tensor([label]),
+            layers=reports,
+            info={
+                "label": label,
+                "u": float(u),
+                "mu": float(mu),
+                "mean_residual_rel": float(np.mean(residuals)),
+                "range_violation": float((image - image.clamp(0, 1)).abs().mean()),
+            },
+        )
+
+    @staticmethod
+    def _back_propagate(upper: _Layer, k_upper: Tensor) -> Tensor:
+        """dL/d(input of the upper layer) = W^T k, reshaped to the lower layer's output shape."""
+        weight = upper.op.weight.detach().double()
+        if isinstance(upper.op, nn.Linear):
+            return (weight.T @ k_upper.reshape(-1)).reshape(upper.in_shape)
+        grad_in = torch.nn.grad.conv2d_input(
+            (1, *upper.in_shape),
+            weight,
+            k_upper.reshape(1, *k_upper.shape[-3:]),
+            upper.op.stride,
+            upper.op.padding,
+        )
+        return grad_in[0]
+
+    def _solve_layer(self, layer: _Layer, k: Tensor, z: Tensor) -> tuple[Tensor, LayerReport]:
+        start = time.perf_counter()
+        weight = layer.op.weight.detach().double()
+        n = int(np.prod(layer.in_shape))
+        if isinstance(layer.op, nn.Conv2d):
+            geom = ConvGeometry(
+                tuple(layer.in_shape),
+                tuple(layer.op.kernel_size),
+                tuple(layer.op.stride),
+                tuple(layer.op.padding),
+            )
+            blocks = conv_constraints(weight, layer.grad, k.reshape(weight.shape[0], -1), z, geom)
+            padded = geom.padded_unknowns
+        else:
+            blocks = linear_constraints(weight, layer.grad, k, z)
+            padded = n
+        # A linear layer's gradient rows alone pin x down (rank n) as soon as one k[j] != 0: no need to measure.
+        determined_by_gradient = isinstance(layer.op, nn.Linear) and bool(torch.any(k != 0))
+        want_rank = self.rank == "exact" or (
+            self.rank == "auto" and n <= self.rank_max_unknowns and not determined_by_gradient
+        )
+        result = solve_blocks(
+            blocks,
+            dtype=self.dtype,
+            solver=self.solver,
+            scale_rows=self.scale_rows,
+            want_rank=want_rank,
+            rcond=self.rcond,
+            refine_steps=self.refine_steps,
+        )
+        rank = result.rank if result.rank is not None or not determined_by_gradient else n
+        report = LayerReport(
+            index=layer.index,
+            layer=describe_op(layer.op),
+            unknowns=n,
+            unknowns_padded=padded,
+            gradient_constraints=layer.grad.numel(),
+            weight_constraints=int(z.numel()),
+            padding_constraints=padded - n,
+            rank=rank,
+            rank_deficiency=None if rank is None else n - rank,
+            sigma_min_rel=result.sigma_min_rel,
+            residual_rel=result.residual_rel,
+            solver=result.solver,
+            time_s=time.perf_counter() - start,
+        )
+        if report.rank_deficiency:
+            report.note = f"rank-deficient: {report.rank_deficiency} input directions are not determined"
+            log.info("layer %d: %s", layer.index, report.note)
+        return torch.from_numpy(result.x).reshape(layer.in_shape), report

@@ -1,0 +1,120 @@
+"""CIFAR-10 from a directory in torchvision's python layout, read without torchvision and never downloaded.
+
+torchvision's own class md5-checks every file (so small files written by tests fail) and offers to download;
+this reader only needs the standard pickles.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rgap_bench.data.base import ImageSource, dataset_not_found
+
+log = logging.getLogger(__name__)
+
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+CLASS_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR pickle references (numpy array reconstruction), under old and new names."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    import _codecs
+
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    allowed[("_codecs", "encode")] = _codecs.encode  # bytes in protocol-2 pickles written by Python 3
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Refuses every global except numpy's array builders: `root` is user input and pickle runs code."""
+
+    _allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"CIFAR-10 file references disallowed global {module}.{name}") from None
+
+
+def _read_pickle(path: Path) -> dict[bytes, Any]:
+    with path.open("rb") as f:
+        return _CifarUnpickler(f, encoding="bytes").load()
+
+
+def find_cifar_dir(root: str | Path | None, train: bool) -> Path:
+    """The folder holding the batches: `root/cifar-10-batches-py` or `root` itself."""
+    wanted = TRAIN_FILES if train else (TEST_FILE,)
+    candidates = [] if root is None else [Path(root).expanduser() / FOLDER, Path(root).expanduser()]
+    for folder in candidates:
+        if any((folder / f).is_file() for f in wanted):
+            return folder
+    split = "the train split needs at least one data_batch_N" if train else f"the test split needs {TEST_FILE}"
+    raise dataset_not_found(
+        f"CIFAR-10 ({'train' if train else 'test'} split)",
+        root,
+        candidates,
+        f"torchvision's python layout <dir>/{FOLDER}/"
+        f"{{data_batch_1..data_batch_5, {TEST_FILE}, {META_FILE}}} "
+        f"({split}); <dir> may also be the {FOLDER} folder itself",
+        "download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz yourself, extract it",
+    )
+
+
+class CIFAR10Folder(ImageSource):
+    """CIFAR-10 (32x32 RGB). Binary label as in the paper's code: animals (classes 2-7) -> 1, else 0."""
+
+    CLASS_NAMES = CLASS_NAMES
+
+    def _load(self) -> tuple[Tensor, Tensor]:
+        folder = find_cifar_dir(self.root, self.train)
+        names = [f for f in TRAIN_FILES if (folder / f).is_file()] if self.train else [TEST_FILE]
+        if self.train and len(names) < len(TRAIN_FILES):
+            log.warning(
+                "CIFAR-10 in %s: only %s of the 5 training batches exist",
+                folder,
+                ", ".join(names),
+            )
+        data, labels = [], []
+        for name in names:
+            batch = _read_pickle(folder / name)
+            data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch[b"labels"])
+        if (folder / META_FILE).is_file():
+            self.class_names = [n.decode() for n in _read_pickle(folder / META_FILE)[b"label_names"]]
+        images = torch.from_numpy(np.concatenate(data))
+        return images, torch.tensor(labels, dtype=torch.int64)
+
+    def binary_label(self, labels: Tensor) -> Tensor:
+        return ((labels >= 2) & (labels <= 7)).long()

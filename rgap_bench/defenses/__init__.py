@@ -1,0 +1,1 @@
+"""Defences: transforms applied to a `ClientUpdate` before it leaves the client."""

@@ -1,0 +1,1 @@
+"""Federated clients: what a participant computes and sends to the server."""

@@ -1,0 +1,74 @@
+"""FedSGD client as a LightningModule: it owns the model and the loss, and emits what it would share."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from rgap_bench.errors import ConfigError
+from rgap_bench.fl.losses import client_loss
+from rgap_bench.types import ClientUpdate, PrivateBatch, UpdateMetadata
+
+LABEL_POLICIES = ("flip_prediction", "true")
+
+
+class FedSGDClient(L.LightningModule):
+    """Computes the gradient of one private batch, the update a FedSGD client sends.
+
+    `label_policy=flip_prediction` (the paper's code) labels each sample with the opposite of the model's current
+    prediction, which makes the output-layer scalar equation have a unique root; `true` uses the dataset's
+    binary label.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str = "fedsgd",
+        loss: str = "binary_logistic",
+        reduction: str = "mean",
+        label_policy: str = "flip_prediction",
+        share_labels: bool = True,
+    ) -> None:
+        super().__init__()
+        if label_policy not in LABEL_POLICIES:
+            raise ConfigError(f"client.label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
+        if reduction not in ("mean", "sum"):
+            raise ConfigError(f"client.reduction must be mean or sum, got {reduction!r}")
+        self.model = model
+        self.loss_name = loss
+        self.reduction = reduction
+        self.label_policy = label_policy
+        self.share_labels = share_labels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def targets(self, batch: PrivateBatch) -> Tensor:
+        if self.label_policy == "true":
+            return batch.binary_labels.to(self.device)
+        with torch.no_grad():
+            logits = self.model(batch.inputs.to(self.device))
+        return (logits[:, 0] <= 0).long()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        inputs, targets = batch
+        return client_loss(self.loss_name, self.model(inputs), targets, self.reduction)
+
+    def compute_update(self, batch: PrivateBatch, targets: Tensor | None = None) -> ClientUpdate:
+        """The gradient the client shares; pass `targets` to reuse labels already chosen by `targets()`."""
+        targets = self.targets(batch) if targets is None else targets
+        inputs = batch.inputs.to(self.device)
+        names, params = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad], strict=True)
+        loss = client_loss(self.loss_name, self.model(inputs), targets, self.reduction)
+        grads = torch.autograd.grad(loss, params)
+        metadata = UpdateMetadata(
+            kind="gradient",
+            batch_size=batch.batch_size,
+            loss=self.loss_name,
+            reduction=self.reduction,
+            input_shape=tuple(batch.inputs.shape[1:]),
+            labels=targets.detach().cpu() if self.share_labels else None,
+            extra={"client_loss": float(loss.detach())},
+        )
+        return ClientUpdate({n: g.detach() for n, g in zip(names, grads, strict=True)}, metadata)

@@ -1,0 +1,15 @@
+"""Run tracking (W&B or nothing), result files and terminal summaries."""
+
+from rgap_bench.logging.base import NullLogger, RunLogger
+from rgap_bench.logging.console import print_layer_table, print_summary
+from rgap_bench.logging.files import save_comparison, to_jsonable, write_json
+
+__all__ = [
+    "NullLogger",
+    "RunLogger",
+    "print_layer_table",
+    "print_summary",
+    "save_comparison",
+    "to_jsonable",
+    "write_json",
+]

@@ -1,0 +1,129 @@
+"""Result files: strict JSON and an originals-vs-reconstructions figure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+INCH_PER_IMAGE = 1.6
+MAX_PER_ROW = 8
+_TITLE_KEYS = {"originals", "reconstructions", "figure"}
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert to plain JSON types; non-finite floats become None because JSON has no NaN/Infinity.
+
+    Unknown objects become their ``str`` so that a result file is still written after an expensive attack.
+    """
+    if obj is None or isinstance(obj, bool | str | int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Tensor):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray | np.generic):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.dtype | torch.device):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence | set | frozenset) and not isinstance(obj, bytes | bytearray):
+        return [to_jsonable(v) for v in obj]
+    return str(obj)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write strictly valid JSON, atomically, so a crash never leaves a half-written result file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _as_image(x: Tensor) -> tuple[np.ndarray, str | None]:
+    x = x.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0)
+    if x.shape[0] == 1:
+        return x[0].numpy(), "gray"
+    if x.shape[0] == 3:
+        return x.permute(1, 2, 0).numpy(), None
+    raise ValueError(f"can only show 1- or 3-channel images, got {x.shape[0]} channels")
+
+
+def save_comparison(
+    originals: Tensor,
+    reconstructions: Tensor,
+    path: Path,
+    *,
+    titles: dict | None = None,
+    per_image_psnr: list[float] | None = None,
+) -> None:
+    """Save a PNG: originals on top, (clamped) reconstructions below, wrapping after 8 images.
+
+    ``titles`` may set ``originals`` and ``reconstructions`` (row labels) and ``figure`` (a heading). Uses the
+    Agg canvas directly rather than pyplot, so it needs no display and leaves the global backend alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    titles = dict(titles or {})
+    unknown = set(titles) - _TITLE_KEYS
+    if unknown:
+        raise ValueError(f"unknown title keys {sorted(unknown)}; expected some of {sorted(_TITLE_KEYS)}")
+    n_orig, n_rec = originals.shape[0], reconstructions.shape[0]
+    if per_image_psnr is not None and len(per_image_psnr) != n_rec:
+        raise ValueError(f"{len(per_image_psnr)} PSNR values for {n_rec} reconstructions")
+    n = max(n_orig, n_rec)
+    ncols = min(n, MAX_PER_ROW)
+    nchunks = math.ceil(n / MAX_PER_ROW)
+    nrows = 2 * nchunks
+    heading = titles.get("figure")
+    top_in = 0.35 if heading else 0.0
+    fig = Figure(figsize=(ncols * INCH_PER_IMAGE, nrows * INCH_PER_IMAGE + top_in), dpi=100)
+    FigureCanvasAgg(fig)
+    if heading:
+        fig.suptitle(str(heading), fontsize=8)
+    grid = fig.add_gridspec(
+        nrows,
+        ncols,
+        left=0.02 if ncols > 1 else 0.1,
+        right=0.98,
+        bottom=0.01,
+        top=1.0 - (top_in + 0.2) / (nrows * INCH_PER_IMAGE + top_in),
+        wspace=0.05,
+        hspace=0.25,
+    )
+    row_labels = (titles.get("originals", "original"), titles.get("reconstructions", "reconstruction"))
+    for i in range(n):
+        chunk, col = divmod(i, MAX_PER_ROW)
+        for kind, images, count in ((0, originals, n_orig), (1, reconstructions, n_rec)):
+            if i >= count:
+                continue
+            ax = fig.add_subplot(grid[2 * chunk + kind, col])
+            image, cmap = _as_image(images[i])
+            ax.imshow(image, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if col == 0:
+                ax.set_ylabel(str(row_labels[kind]), fontsize=8)
+            if kind == 1 and per_image_psnr is not None:
+                ax.set_title(f"{per_image_psnr[i]:.1f} dB", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")

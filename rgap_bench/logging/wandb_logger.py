@@ -1,0 +1,94 @@
+"""Weights & Biases run logger, offline by default so no API key or network is ever needed."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rgap_bench.logging.base import RunLogger, Scalar
+
+
+class WandbRunLogger(RunLogger):
+    """One W&B run per benchmark run; files go under ``<run_dir>/wandb/``.
+
+    ``WANDB_MODE`` in the environment wins over the configured mode, so a user can go online (or disable
+    W&B) without editing configs. ``reinit="create_new"`` gives each Hydra multirun job in one process its own
+    run.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        project: str,
+        entity: str | None = None,
+        mode: str = "offline",
+        group: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> None:
+        super().__init__(name)
+        self.project = project
+        self.entity = entity
+        self.mode = mode
+        self.group = group
+        self.tags = [str(t) for t in tags]
+        self._run: Any = None
+
+    @property
+    def resolved_mode(self) -> str:
+        return os.environ.get("WANDB_MODE") or self.mode
+
+    def _start(self, run_dir: Path, config: dict, run_name: str) -> None:
+        import wandb
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(
+            dir=str(run_dir),
+            project=self.project,
+            entity=self.entity,
+            group=self.group,
+            tags=self.tags,
+            name=run_name,
+            config=config,
+            mode=self.resolved_mode,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def _log_summary(self, metrics: dict[str, Scalar]) -> None:
+        numeric = {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        if numeric:
+            self._run.log(numeric)
+        self._run.summary.update(dict(metrics))
+
+    def _log_image(self, key: str, path: Path, caption: str) -> None:
+        import wandb
+
+        self._run.log({key: wandb.Image(str(path), caption=caption or None)})
+
+    def _log_table(self, key: str, rows: list[dict]) -> None:
+        import wandb
+
+        if not rows:
+            return
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        data = [[_cell(row.get(c)) for c in columns] for row in rows]
+        self._run.log({key: wandb.Table(columns=columns, data=data)})
+
+    def _finish(self, exit_code: int) -> None:
+        if self._run is not None:
+            run, self._run = self._run, None
+            run.finish(exit_code=exit_code)
+
+
+def _cell(value: Any) -> Any:
+    """W&B tables hold scalars; anything else is shown as text rather than rejected."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)

@@ -1,0 +1,123 @@
+"""Building blocks: one weight op (conv or linear) followed by one activation.
+
+Keeping every model a flat list of such blocks is what lets R-GAP and the rank analysis walk a network
+layer by layer without special cases per architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from rgap_bench.errors import ConfigError
+
+ACTIVATIONS = ("leaky_relu", "identity", "relu", "tanh", "sigmoid")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Plain description of one block; `convnet` YAML lists and the paper models both reduce to these."""
+
+    kind: str  # conv | linear
+    out: int
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 0
+    activation: str = "leaky_relu"
+    negative_slope: float = 0.2
+    bias: bool = False
+
+
+def make_activation(name: str, negative_slope: float = 0.2) -> nn.Module:
+    if name == "leaky_relu":
+        return nn.LeakyReLU(negative_slope)
+    if name == "identity":
+        return nn.Identity()
+    if name == "relu":
+        return nn.ReLU()
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+
+class Block(nn.Module):
+    """`act(op(x))`; a linear op flattens a spatial input first."""
+
+    def __init__(self, op: nn.Conv2d | nn.Linear, act: nn.Module) -> None:
+        super().__init__()
+        self.op = op
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.op, nn.Linear) and x.dim() > 2:
+            x = x.flatten(1)
+        return self.act(self.op(x))
+
+
+class SequentialNet(nn.Module):
+    """A stack of `Block`s; returns the logits as a (batch, outputs) tensor."""
+
+    def __init__(self, name: str, input_shape: tuple[int, int, int], blocks: list[Block]) -> None:
+        super().__init__()
+        self.name = name
+        self.input_shape = tuple(input_shape)
+        self.blocks = nn.ModuleList(blocks)
+        self.block_input_shapes = self._trace_shapes()
+
+    def _trace_shapes(self) -> list[tuple[int, ...]]:
+        """Input shape (without batch) seen by every block, from one forward pass on meta tensors."""
+        shapes = []
+        x = torch.empty((1, *self.input_shape), device="meta")
+        with torch.no_grad():
+            for block in self.blocks:
+                shapes.append(tuple(x.shape[1:]))
+                op = block.op
+                weight = op.weight.to("meta")
+                if isinstance(op, nn.Linear):
+                    x = torch.nn.functional.linear(x.flatten(1), weight)
+                else:
+                    x = torch.nn.functional.conv2d(x, weight, stride=op.stride, padding=op.padding)
+        return shapes
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x.flatten(1)
+
+
+def build_from_specs(name: str, input_shape: tuple[int, int, int], specs: list[LayerSpec]) -> SequentialNet:
+    """Turn a list of specs into a network, checking sizes so a bad spec fails with a readable message."""
+    if not specs:
+        raise ConfigError(f"model {name!r} has no layers; give at least one layer spec")
+    channels, height, width = input_shape
+    features = None  # set once a linear layer has flattened the input
+    blocks = []
+    for i, spec in enumerate(specs):
+        if spec.kind == "conv":
+            if features is not None:
+                raise ConfigError(f"layer {i} of {name!r}: a conv layer cannot follow a linear layer")
+            height = (height + 2 * spec.padding - spec.kernel) // spec.stride + 1
+            width = (width + 2 * spec.padding - spec.kernel) // spec.stride + 1
+            if height < 1 or width < 1:
+                raise ConfigError(
+                    f"layer {i} of {name!r}: kernel {spec.kernel}, stride {spec.stride}, padding {spec.padding} "
+                    f"leave no output pixels for this input; use a larger image or a smaller kernel/stride"
+                )
+            op: nn.Conv2d | nn.Linear = nn.Conv2d(
+                channels, spec.out, spec.kernel, spec.stride, spec.padding, bias=spec.bias
+            )
+            channels = spec.out
+        elif spec.kind == "linear":
+            in_features = features if features is not None else channels * height * width
+            op = nn.Linear(in_features, spec.out, bias=spec.bias)
+            features = spec.out
+        else:
+            raise ConfigError(f"layer {i} of {name!r}: kind must be 'conv' or 'linear', got {spec.kind!r}")
+        if spec.out < 1:
+            raise ConfigError(f"layer {i} of {name!r}: out must be >= 1, got {spec.out}")
+        blocks.append(Block(op, make_activation(spec.activation, spec.negative_slope)))
+    return SequentialNet(name, input_shape, blocks)

@@ -1,0 +1,40 @@
+"""The architectures of the R-GAP paper (its repository's exact layer specs, all without bias).
+
+`cnn6d` differs from `cnn6` only in the width of conv2/conv3 (12->20->36 instead of 12->36->36): its conv2 has
+fewer outputs than inputs, the rank-deficient layer the paper uses to show how architecture limits leakage.
+"""
+
+from __future__ import annotations
+
+from rgap_bench.models.layers import LayerSpec, SequentialNet, build_from_specs
+
+
+def _cnn6_specs(conv2_channels: int, slope: float) -> list[LayerSpec]:
+    conv = [  # (out, kernel, stride, padding)
+        (12, 4, 2, 2),
+        (conv2_channels, 3, 2, 1),
+        (36, 3, 1, 1),
+        (36, 3, 1, 1),
+        (64, 3, 2, 1),
+        (128, 3, 1, 1),
+    ]
+    specs = [LayerSpec("conv", o, k, s, p, "leaky_relu", slope) for o, k, s, p in conv]
+    return [*specs, LayerSpec("linear", 1, activation="identity")]
+
+
+def cnn6(name: str = "cnn6", in_channels: int = 3, image_size: int = 32, negative_slope: float = 0.2) -> SequentialNet:
+    """CNN6: six LeakyReLU convs and a single-logit linear head (CIFAR-10 in the paper)."""
+    return build_from_specs(name, (in_channels, image_size, image_size), _cnn6_specs(36, negative_slope))
+
+
+def cnn6d(
+    name: str = "cnn6d", in_channels: int = 3, image_size: int = 32, negative_slope: float = 0.2
+) -> SequentialNet:
+    """CNN6-d: CNN6 with a 20-channel conv2, which makes conv2's input under-determined."""
+    return build_from_specs(name, (in_channels, image_size, image_size), _cnn6_specs(20, negative_slope))
+
+
+def fcn3(name: str = "fcn3", in_channels: int = 1, image_size: int = 28, negative_slope: float = 0.2) -> SequentialNet:
+    """FCN3: 784-1000-100-1 on MNIST in the paper; LeakyReLU after every layer, the output included."""
+    specs = [LayerSpec("linear", n, activation="leaky_relu", negative_slope=negative_slope) for n in (1000, 100, 1)]
+    return build_from_specs(name, (in_channels, image_size, image_size), specs)

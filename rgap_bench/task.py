@@ -1,0 +1,196 @@
+"""One job: private batch -> client update -> defence -> attack -> metrics, files and logs in the run directory.
+
+A failing job records why in its `metrics.json` and closes its logger; inside a multirun sweep it returns instead
+of raising, so one bad combination never ends the sweep or loses the other jobs' results.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rgap_bench.errors import RGapBenchError
+from rgap_bench.logging import (
+    NullLogger,
+    RunLogger,
+    print_layer_table,
+    print_summary,
+    save_comparison,
+    write_json,
+)
+from rgap_bench.metrics import METRICS_SPEC, label_accuracy, reconstruction_metrics
+from rgap_bench.provenance import package_versions
+from rgap_bench.types import Reconstruction
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RGapBenchError(f"device={name} was requested but no CUDA device is available; use device=cpu")
+    return torch.device(name)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """Hydra wraps errors raised while instantiating; the user needs the original message."""
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _run_description(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    return {
+        "attack": cfg.attack.name,
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "image_size": cfg.data.image_size,
+        "channels": cfg.data.channels,
+        "batch_size": cfg.data.batch_size,
+        "defense": OmegaConf.to_container(cfg.defense, resolve=True),
+        "client": cfg.client.name,
+        "seed": cfg.seed,
+        "dtype": cfg.attack.get("dtype", "float32"),
+        "device": str(device),
+    }
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[str, Any]:
+    """Run one attack and write its files; returns the contents of `metrics.json`."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    data = instantiate(cfg.data)
+    batch = data.private_batch(cfg.seed)
+    log.info("private batch: %s samples %s", data.name, batch.indices.tolist())
+
+    torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only, not on the data
+    model = instantiate(cfg.model).to(device)
+    client = instantiate(cfg.client, model=model).to(device)
+    targets = client.targets(batch)
+    update = client.compute_update(batch, targets)
+    defense = instantiate(cfg.defense)
+    update = defense(update)
+
+    attack = instantiate(cfg.attack)
+    server_model = copy.deepcopy(model).eval()
+    log.info("running attack %s on %s", cfg.attack.name, cfg.model.name)
+    start = time.perf_counter()
+    reconstruction: Reconstruction = attack(server_model, update)
+    attack_time = time.perf_counter() - start
+
+    originals = batch.inputs.cpu()
+    scores = reconstruction_metrics(reconstruction.inputs.detach().cpu(), originals, combined=reconstruction.combined)
+    label_acc = None
+    if reconstruction.labels is not None and not reconstruction.combined:
+        label_acc = label_accuracy(reconstruction.labels.cpu(), targets.cpu(), scores["assignment"])
+    layers = [layer.as_dict() for layer in reconstruction.layers]
+    deficiency = [layer["rank_deficiency"] for layer in layers if layer["rank_deficiency"] is not None]
+
+    results = {
+        "status": "ok",
+        "mse": scores["mse"],
+        "mse_unclamped": scores["mse_unclamped"],
+        "psnr": scores["psnr"],
+        "ssim": scores["ssim"],
+        "exact_rate": scores["exact_rate"],
+        "label_acc": label_acc,
+        "label_source": "shared" if update.metadata.labels is not None else "inferred",
+        "attack_time_s": attack_time,
+        "rank_deficiency": sum(deficiency) if deficiency else None,
+        "combined": reconstruction.combined,
+        "per_image": scores["per_image"],
+        "assignment": scores["assignment"],
+        "indices": batch.indices.tolist(),
+        "run": _run_description(cfg, device),
+        "attack_info": reconstruction.info,
+        "spec": METRICS_SPEC,
+        "versions": package_versions(),
+    }
+    write_json(run_dir / "metrics.json", results)
+    write_json(run_dir / "layers.json", {"layers": layers, "info": reconstruction.info})
+    summary = {
+        "recon/mse": results["mse"],
+        "recon/psnr": results["psnr"],
+        "recon/ssim": results["ssim"],
+        "recon/exact_rate": results["exact_rate"],
+        "attack/time_s": attack_time,
+    }
+    if label_acc is not None:
+        summary["recon/label_acc"] = label_acc
+    if results["rank_deficiency"] is not None:
+        summary["rank/deficiency"] = results["rank_deficiency"]
+    logger.log_summary(summary)
+    if layers:
+        logger.log_table("layers", layers)
+    if cfg.save_images:
+        image_path = run_dir / "reconstruction.png"
+        save_comparison(
+            originals,
+            reconstruction.inputs.detach().cpu(),
+            image_path,
+            titles={"figure": f"{cfg.attack.name} on {cfg.model.name} ({data.name})"},
+            per_image_psnr=[p["psnr"] for p in scores["per_image"]],
+        )
+        logger.log_image("reconstruction", image_path, caption="top: private originals, bottom: reconstructions")
+    if cfg.print_summary:
+        if layers:
+            print_layer_table(layers, title=f"{cfg.attack.name}: per-layer solve ({cfg.model.name})")
+        rows = [
+            ("PSNR (dB)", f"{results['psnr']:.2f}"),
+            ("MSE", f"{results['mse']:.3e}"),
+            ("SSIM", f"{results['ssim']:.4f}"),
+            ("attack time (s)", f"{attack_time:.2f}"),
+            ("run directory", str(run_dir)),
+        ]
+        if results["rank_deficiency"]:
+            rows.insert(3, ("rank deficiency", str(results["rank_deficiency"])))
+        print_summary(rows, title=f"{cfg.attack.name} on {cfg.model.name}, {data.name} #{batch.indices.tolist()}")
+    return results
+
+
+def _make_logger(cfg: DictConfig) -> RunLogger:
+    try:
+        return instantiate(cfg.logger)
+    except Exception as exc:
+        log.warning("logger could not be built (%s); continuing without tracking", _root_cause(exc))
+        return NullLogger()
+
+
+def run_task(cfg: DictConfig) -> dict[str, Any] | None:
+    """Hydra task: run one job, record failures, never let a sweep die with one job."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    logger = _make_logger(cfg)
+    logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), run_dir.name)
+    try:
+        results = run_experiment(cfg, run_dir, logger)
+    except Exception as exc:
+        cause = _root_cause(exc)
+        message = f"{type(cause).__name__}: {cause}"
+        write_json(run_dir / "metrics.json", {"status": "failed", "error": message, "versions": package_versions()})
+        logger.log_summary({"status": "failed"})
+        logger.finish(exit_code=1)
+        if multirun:
+            log.error("job failed, the sweep goes on: %s", message, exc_info=not isinstance(cause, RGapBenchError))
+            return None
+        if isinstance(cause, RGapBenchError):
+            log.error("%s", message)
+            sys.exit(1)
+        raise
+    logger.finish(exit_code=0)
+    return results

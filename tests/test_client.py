@@ -1,0 +1,44 @@
+import torch
+
+from rgap_bench.fl.client import FedSGDClient
+from rgap_bench.models import build_convnet
+from tests.conftest import photo_batch
+
+
+def _linear_model():
+    torch.manual_seed(0)
+    return build_convnet([{"kind": "linear", "out": 1, "activation": "identity"}], in_channels=1, image_size=4)
+
+
+def test_gradient_equals_hand_computed_logistic_gradient():
+    model = _linear_model()
+    batch = photo_batch(image_size=4, channels=1, index=2)
+    client = FedSGDClient(model, label_policy="true")
+    update = client.compute_update(batch)
+    x = batch.inputs.reshape(-1).double()
+    w = model.blocks[0].op.weight.detach().reshape(-1).double()
+    t = float(batch.binary_labels[0])
+    mu = float(w @ x)
+    expected = (torch.sigmoid(torch.tensor(mu, dtype=torch.float64)) - t) * x  # dL/dw of BCE on the logit
+    assert torch.allclose(update.tensors["blocks.0.op.weight"].reshape(-1).double(), expected, atol=1e-6)
+    assert update.metadata.kind == "gradient" and update.metadata.batch_size == 1
+    assert update.metadata.loss == "binary_logistic" and update.metadata.input_shape == (1, 4, 4)
+
+
+def test_flip_prediction_labels_are_the_opposite_of_the_prediction():
+    model = _linear_model()
+    for index in range(8):
+        batch = photo_batch(image_size=4, channels=1, index=index)
+        client = FedSGDClient(model)
+        predicted_positive = bool(model(batch.inputs)[0, 0] > 0)
+        assert int(client.targets(batch)[0]) == (0 if predicted_positive else 1)
+        c = float(
+            model.blocks[0].op.weight.detach().reshape(-1)
+            @ client.compute_update(batch).tensors["blocks.0.op.weight"].reshape(-1)
+        )
+        assert c > 0  # a wrong prediction: the output scalar has a unique root
+
+
+def test_labels_withheld_when_not_shared():
+    client = FedSGDClient(_linear_model(), share_labels=False)
+    assert client.compute_update(photo_batch(image_size=4, channels=1)).metadata.labels is None

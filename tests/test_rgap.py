@@ -1,0 +1,156 @@
+"""R-GAP recovers single inputs exactly where the paper says it should, and refuses what it cannot do."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from rgap_bench.attacks.rgap import RGAP
+from rgap_bench.data.digits import EmbeddedDigits
+from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
+from rgap_bench.models import build_convnet, cnn6, cnn6d, fcn3
+from tests.conftest import make_update, photo_batch, psnr
+
+
+def attack(model, update, **kwargs):
+    return RGAP(rank=kwargs.pop("rank", "off"), **kwargs)(model, update)
+
+
+def test_cnn6_exact_on_an_embedded_photo():
+    torch.manual_seed(0)
+    model = cnn6()
+    batch = photo_batch()
+    rec = attack(model, make_update(model, batch))
+    assert psnr(rec.inputs, batch.inputs) >= 60
+    assert len(rec.layers) == 7
+    assert all(layer.residual_rel < 1e-4 for layer in rec.layers)
+
+
+def test_fcn3_exact_on_an_embedded_digit():
+    torch.manual_seed(0)
+    model = fcn3()
+    batch = EmbeddedDigits(name="digits", image_size=28, channels=1, index=2500).private_batch(0)
+    rec = attack(model, make_update(model, batch))
+    assert psnr(rec.inputs, batch.inputs) >= 60
+
+
+def test_fcn3_output_activation_is_undone_for_either_logit_sign():
+    """The reference code ignores FCN3's output LeakyReLU and is off by 1/0.2 when the logit is negative."""
+    torch.manual_seed(3)
+    model = fcn3(in_channels=3, image_size=8)
+    signs = set()
+    for index in range(6):
+        batch = photo_batch(image_size=8, index=index)
+        signs.add(bool(model(batch.inputs)[0, 0] > 0))
+        rec = attack(model, make_update(model, batch, label_policy="true"))
+        assert psnr(rec.inputs, batch.inputs) >= 60
+    assert signs == {True, False}
+
+
+def test_small_convnet_with_stride_padding_and_an_unpadded_even_kernel():
+    torch.manual_seed(1)
+    model = build_convnet(
+        [
+            {"kind": "conv", "out": 8, "kernel": 3, "stride": 1, "padding": 1},
+            {"kind": "conv", "out": 24, "kernel": 3, "stride": 2, "padding": 1},
+            {"kind": "conv", "out": 32, "kernel": 2, "stride": 1, "padding": 0, "activation": "identity"},
+            {"kind": "linear", "out": 1, "activation": "identity"},
+        ],
+        in_channels=3,
+        image_size=12,
+    )
+    batch = photo_batch(image_size=12, index=3)
+    rec = attack(model, make_update(model, batch), rank="exact")
+    assert psnr(rec.inputs, batch.inputs) >= 60
+    assert [layer.rank_deficiency for layer in rec.layers] == [0, 0, 0, 0]
+
+
+def test_label_is_inferred_when_not_shared():
+    torch.manual_seed(0)
+    model = fcn3(in_channels=3, image_size=8)
+    batch = photo_batch(image_size=8, index=1)
+    update = make_update(model, batch, share_labels=False)
+    assert update.metadata.labels is None
+    rec = attack(model, update)
+    true_label = int(model(batch.inputs)[0, 0] <= 0)  # flip_prediction
+    assert int(rec.labels[0]) == true_label
+    assert psnr(rec.inputs, batch.inputs) >= 60
+    assert len(rec.info["candidates"]) == 2
+
+
+def test_cnn6d_reports_the_rank_deficient_second_conv():
+    torch.manual_seed(0)
+    model = cnn6d()
+    batch = photo_batch()
+    rec = attack(model, make_update(model, batch), rank="auto")
+    deficiency = [layer.rank_deficiency for layer in rec.layers]
+    assert deficiency[1] > 0
+    assert deficiency[0] == 0 and all(d == 0 for d in deficiency[2:])
+    assert rec.layers[1].rank == rec.layers[1].unknowns - deficiency[1]
+    assert psnr(rec.inputs, batch.inputs) < 40  # an under-determined layer loses information
+
+
+def _tiny(act: nn.Module | None = None, bias: bool = False) -> nn.Module:
+    model = build_convnet(
+        [{"kind": "conv", "out": 2, "kernel": 3, "padding": 1, "bias": bias}, {"kind": "linear", "out": 1}],
+        in_channels=1,
+        image_size=4,
+    )
+    if act is not None:
+        model.blocks[0].act = act
+    return model
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (_tiny(nn.ReLU()), "ReLU"),
+        (_tiny(nn.Tanh()), "Tanh"),
+        (_tiny(bias=True), "bias"),
+    ],
+)
+def test_unsupported_layers_are_named(model, message):
+    batch = photo_batch(image_size=4, channels=1)
+    with pytest.raises(UnsupportedModelError, match=message):
+        attack(model, make_update(model, batch))
+
+
+def test_unsupported_op_and_head_are_named():
+    model = _tiny()
+    batch = photo_batch(image_size=4, channels=1)
+    update = make_update(model, batch)
+    model.blocks[0].op = nn.Conv2d(1, 2, 3, padding=1, bias=False, dilation=1, groups=1, padding_mode="circular")
+    with pytest.raises(UnsupportedModelError, match="layer 0"):
+        attack(model, update)
+    wide = build_convnet([{"kind": "linear", "out": 2}], in_channels=1, image_size=4)
+    update = dataclasses.replace(update, tensors={"blocks.0.op.weight": torch.zeros(2, 16)})
+    with pytest.raises(UnsupportedModelError, match="single-logit"):
+        attack(wide, update)
+
+
+def test_nan_gradient_is_rejected_with_the_tensor_name():
+    model = _tiny()
+    update = make_update(model, photo_batch(image_size=4, channels=1))
+    tensors = dict(update.tensors)
+    tensors["blocks.0.op.weight"] = tensors["blocks.0.op.weight"].clone()
+    tensors["blocks.0.op.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(InvalidUpdateError, match=r"blocks\.0\.op\.weight"):
+        attack(model, dataclasses.replace(update, tensors=tensors))
+
+
+def test_batches_are_refused_with_advice():
+    model = _tiny()
+    batch = photo_batch(image_size=4, channels=1)
+    update = make_update(model, batch)
+    update = dataclasses.replace(update, metadata=dataclasses.replace(update.metadata, batch_size=4))
+    with pytest.raises(UnsupportedModelError, match="batch_size=1"):
+        attack(model, update)
+
+
+def test_float32_solve_still_recovers():
+    torch.manual_seed(0)
+    model = fcn3(in_channels=3, image_size=8)
+    batch = photo_batch(image_size=8)
+    rec = attack(model, make_update(model, batch), dtype="float32")
+    assert psnr(rec.inputs, batch.inputs) >= 40

@@ -42,3 +42,18 @@ def test_flip_prediction_labels_are_the_opposite_of_the_prediction():
 def test_labels_withheld_when_not_shared():
     client = FedSGDClient(_linear_model(), share_labels=False)
     assert client.compute_update(photo_batch(image_size=4, channels=1)).metadata.labels is None
+
+
+def test_cross_entropy_client_uses_class_labels():
+    torch.manual_seed(0)
+    model = build_convnet([{"kind": "linear", "out": 10, "activation": "identity"}], in_channels=1, image_size=4)
+    batch = photo_batch(image_size=4, channels=1, index=5)
+    client = FedSGDClient(model, loss="cross_entropy", label_policy="true")
+    assert torch.equal(client.targets(batch), batch.labels)
+    update = client.compute_update(batch)
+    x = batch.inputs.reshape(-1)
+    p = torch.softmax(model(batch.inputs)[0], 0).detach()
+    expected = torch.outer(p - torch.nn.functional.one_hot(batch.labels, 10)[0].float(), x)
+    assert torch.allclose(update.tensors["blocks.0.op.weight"], expected, atol=1e-6)
+    flipped = FedSGDClient(model, loss="cross_entropy").targets(batch)
+    assert int(flipped[0]) != int(model(batch.inputs).argmax(1)[0])

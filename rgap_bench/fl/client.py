@@ -45,6 +45,13 @@ class FedSGDClient(L.LightningModule):
         return self.model(x)
 
     def targets(self, batch: PrivateBatch) -> Tensor:
+        """Labels the client trains on: binary for the logistic loss, class ids for cross-entropy."""
+        if self.loss_name == "cross_entropy":
+            if self.label_policy == "flip_prediction":
+                with torch.no_grad():
+                    logits = self.model(batch.inputs.to(self.device))
+                return (logits.argmax(dim=1) + 1) % logits.shape[1]  # any class but the predicted one
+            return batch.labels.to(self.device)
         if self.label_policy == "true":
             return batch.binary_labels.to(self.device)
         with torch.no_grad():

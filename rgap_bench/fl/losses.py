@@ -7,13 +7,16 @@ from torch import Tensor
 
 from rgap_bench.errors import ConfigError
 
-LOSSES = ("binary_logistic",)
+LOSSES = ("binary_logistic", "cross_entropy")
 
 
 def client_loss(name: str, logits: Tensor, targets: Tensor, reduction: str) -> Tensor:
-    """The paper's loss: log(1 + exp(-y mu)) with y = 2t - 1, i.e. BCE on the single logit mu."""
+    """`binary_logistic` is the paper's log(1 + exp(-y mu)), y = 2t - 1 (BCE on one logit); `cross_entropy` is
+    softmax cross-entropy over class logits with integer targets."""
     if name == "binary_logistic":
         if logits.shape[1] != 1:
             raise ConfigError(f"binary_logistic needs a model with one output logit, got {logits.shape[1]}")
         return F.binary_cross_entropy_with_logits(logits[:, 0], targets.to(logits.dtype), reduction=reduction)
+    if name == "cross_entropy":
+        return F.cross_entropy(logits, targets.long(), reduction=reduction)
     raise ConfigError(f"unknown client loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -68,22 +68,126 @@ class FedSGDClientConfig:
 
 
 @dataclass
+class FedAvgClientConfig(FedSGDClientConfig):
+    _target_: str = "rgap_bench.fl.fedavg.FedAvgClient"
+    name: str = "fedavg"
+    local_steps: int | None = 1  # S plain-SGD steps; null = local_epochs passes over the client's data
+    local_epochs: int = 1  # E, used when local_steps is null
+    lr: float = 0.1  # eta
+    batch_size: int | None = None  # local mini-batch; null = all of the client's samples in one batch
+    seed: int = 0  # shuffling of the local data
+    precision: str = "32-true"  # Lightning precision of local training; "64-true" removes float32 rounding
+
+
+@dataclass
+class PretrainConfig:
+    """Server state before the attacked round: `epochs: 0` attacks the freshly initialised model."""
+
+    epochs: int = 0
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 16
+    checkpoint: str | None = None  # a state_dict path: loaded if it exists, else written; null = <run dir>
+    exclude_private: bool = True  # keep the attacked sample(s) out of the server's training data
+
+
+@dataclass
+class FLConfig:
+    """Federation around the attacked client: how the data plugin's dataset is split among clients."""
+
+    num_clients: int = 1
+    partition: str = "iid"  # iid | dirichlet
+    alpha: float = 0.5  # Dirichlet concentration over classes (small = each client holds few classes)
+    client: int = 0  # the attacked client; with num_clients > 1 its private batch comes from its own shard
+
+
+@dataclass
 class RGAPConfig:
     _target_: str = "rgap_bench.attacks.rgap.RGAP"
     name: str = "rgap"
     dtype: str = "float64"  # float64 | float32
-    solver: str = "auto"  # auto | dense | sparse
+    solver: str = "auto"  # auto | iterative | dense | sparse | lstsq (the last is the naive reference)
     rank: str = "auto"  # auto | exact | off: numerical rank of each layer's system
     rank_max_unknowns: int = 6000  # auto: exact rank only up to this many unknowns
     refine_steps: int = 2  # iterative-refinement steps after the normal-equation solve
     scale_rows: bool = True  # normalise each constraint row; without it gradient rows drown
     rcond: float = 1e-10  # relative eigenvalue cut-off for rank-deficient normal equations
+    tol: float = 1e-11  # iterative solver: relative residual of the normal equations
+    max_iter: int = 3000  # iterative solver: iteration cap per layer
+
+
+@dataclass
+class MatchingConfig:
+    """Gradient-matching attacks (dlg, idlg, ig); each YAML sets the paper's defaults."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    distance: str = "euclidean"  # euclidean (relative squared distance) | cosine
+    optimizer: str = "lbfgs"  # lbfgs | adam
+    lr: float = 1.0
+    max_iterations: int = 1000  # budget in gradient evaluations, per restart and label hypothesis
+    schedule: str = "none"  # none | step (lr x0.1 at 3/8, 5/8, 7/8 of the budget; adam only)
+    tolerance: float = 1e-10  # early stop once the gradient distance is at or below this
+    tv_weight: float = 0.0  # total-variation prior weight
+    signed: bool = False  # adam on the sign of the input gradient
+    restarts: int = 1  # random restarts; the best gradient match is kept
+    box: bool = False  # project the inputs onto [0, 1] after every step
+    labels: str = "optimise"  # when not shared: optimise (soft label, DLG) | infer (analytic, iDLG)
+    init: str = "uniform"  # uniform [0, 1) | normal
+    seed: int = 0  # the attack's own generator: same seed, same reconstruction
+    dtype: str = "float32"  # float32 | float64
+    progress: bool = True  # rich progress bar (only on a terminal)
+
+
+@dataclass
+class HGAPConfig:
+    _target_: str = "rgap_bench.attacks.hgap.HGAP"
+    name: str = "hgap"
+    dtype: str = "float64"  # R-GAP's solve
+    rank: str = "auto"  # R-GAP's rank measurement; a deficient layer triggers the matching stage
+    rank_max_unknowns: int = 6000
+    distance: str = "euclidean"
+    optimizer: str = "lbfgs"
+    lr: float = 1.0
+    max_iterations: int = 1000
+    schedule: str = "none"
+    tolerance: float = 1e-10
+    tv_weight: float = 0.0
+    signed: bool = False
+    box: bool = True
+    random_restarts: int = 1  # extra matching runs from random inputs next to the one from R-GAP
+    labels: str = "infer"
+    seed: int = 0
+    matching_dtype: str = "float32"
+    progress: bool = True
 
 
 @dataclass
 class DefenseConfig:
-    _target_: str = "rgap_bench.defenses.identity.NoDefense"
+    """One flat schema for every defence, so options selected as a list (`defense=[clipping,gaussian]`) merge.
+
+    Each option sets its own parameters and adds `steps.<name>: <class>`; unset parameters stay None and a set
+    parameter that no selected defence takes is refused by `rgap_bench.defenses.compose.build_defense`.
+    """
+
+    _target_: str = "rgap_bench.defenses.compose.build_defense"
     name: str = "none"
+    steps: dict[str, str] = field(default_factory=dict)  # applied in this order: name -> defence class
+    seed: int = 0  # noise seed (step i uses seed + i)
+    sigma: float | None = None  # gaussian: noise std
+    scale: float | None = None  # laplace: scale b (std sqrt(2) b)
+    ratio: float | None = None  # pruning: fraction of smallest-magnitude entries zeroed per tensor
+    bits: int | None = None  # quantization: 2^bits levels per tensor
+    max_norm: float | None = None  # clipping: L2 norm bound of the whole update
+    clip_norm: float | None = None  # dpsgd: per-example L2 clipping norm C
+    noise_multiplier: float | None = None  # dpsgd: noise std / C
+    delta: float | None = None  # dpsgd: delta of the reported (epsilon, delta)
+    sample_rate: float | None = None  # dpsgd: null = batch size / local dataset size
+    utility: bool = False  # also train with the defence for a few epochs and report test accuracy
+    utility_epochs: int = 3
+    utility_lr: float = 0.05
+    utility_batch_size: int = 8
+    utility_test_fraction: float = 0.2  # held-out share of the data plugin's dataset
 
 
 @dataclass
@@ -125,7 +229,14 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("schema/model", "convnet"): ConvNetConfig,
     ("schema/data", "data"): DataConfig,
     ("schema/client", "fedsgd"): FedSGDClientConfig,
+    ("schema/client", "fedavg"): FedAvgClientConfig,
+    ("schema/pretrain", "pretrain"): PretrainConfig,
+    ("schema/fl", "fl"): FLConfig,
     ("schema/attack", "rgap"): RGAPConfig,
+    ("schema/attack", "dlg"): MatchingConfig,
+    ("schema/attack", "idlg"): MatchingConfig,
+    ("schema/attack", "ig"): MatchingConfig,
+    ("schema/attack", "hgap"): HGAPConfig,
     ("schema/defense", "defense"): DefenseConfig,
     ("schema/logger", "wandb"): WandbLoggerConfig,
     ("schema/logger", "none"): NoLoggerConfig,

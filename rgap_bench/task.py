@@ -22,6 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rgap_bench.errors import RGapBenchError
+from rgap_bench.fl.round import run_client_round, saved_record
+from rgap_bench.fl.updates import as_gradient
 from rgap_bench.logging import (
     NullLogger,
     RunLogger,
@@ -74,18 +76,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     data = instantiate(cfg.data)
-    batch = data.private_batch(cfg.seed)
-    log.info("private batch: %s samples %s", data.name, batch.indices.tolist())
-
-    torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only, not on the data
-    model = instantiate(cfg.model).to(device)
-    client = instantiate(cfg.client, model=model).to(device)
-    targets = client.targets(batch)
-    update = client.compute_update(batch, targets)
-    defense = instantiate(cfg.defense)
-    update = defense(update)
+    fl_round = run_client_round(cfg, data, run_dir, device)  # federation, pretraining, client update, defences
+    batch, model, targets, update = fl_round.batch, fl_round.model, fl_round.targets, fl_round.update
+    fl_round.save(run_dir)
 
     attack = instantiate(cfg.attack)
+    if update.metadata.kind not in getattr(attack, "update_kinds", ("gradient",)):
+        update = as_gradient(update)  # FedAvg: the attacker's gradient estimate from public metadata
     server_model = copy.deepcopy(model).eval()
     log.info("running attack %s on %s", cfg.attack.name, cfg.model.name)
     start = time.perf_counter()
@@ -117,17 +114,22 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
         "indices": batch.indices.tolist(),
         "run": _run_description(cfg, device),
         "attack_info": reconstruction.info,
+        **fl_round.record(),
         "spec": METRICS_SPEC,
         "versions": package_versions(),
     }
     write_json(run_dir / "metrics.json", results)
     write_json(run_dir / "layers.json", {"layers": layers, "info": reconstruction.info})
+    from rgap_bench.rank.report import write_run_rank  # architecture rank analysis; never fails the run
+
+    write_run_rank(server_model, run_dir, layers, logger)
     summary = {
         "recon/mse": results["mse"],
         "recon/psnr": results["psnr"],
         "recon/ssim": results["ssim"],
         "recon/exact_rate": results["exact_rate"],
         "attack/time_s": attack_time,
+        **fl_round.summary,
     }
     if label_acc is not None:
         summary["recon/label_acc"] = label_acc
@@ -182,7 +184,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any] | None:
     except Exception as exc:
         cause = _root_cause(exc)
         message = f"{type(cause).__name__}: {cause}"
-        write_json(run_dir / "metrics.json", {"status": "failed", "error": message, "versions": package_versions()})
+        record = {"status": "failed", "error": message, **saved_record(run_dir), "versions": package_versions()}
+        write_json(run_dir / "metrics.json", record)
         logger.log_summary({"status": "failed"})
         logger.finish(exit_code=1)
         if multirun:

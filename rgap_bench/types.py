@@ -66,6 +66,7 @@ class LayerReport:
     sigma_min_rel: float | None = None  # smallest / largest singular value of the scaled system
     residual_rel: float | None = None  # ||A x - b|| / ||b|| of the scaled system
     solver: str = ""
+    iterations: int | None = None  # iterative solvers only
     time_s: float = 0.0
     note: str = ""
 

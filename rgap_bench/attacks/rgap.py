@@ -20,12 +20,15 @@ from rgap_bench.attacks.logistic_scalar import invert_logistic_scalar
 from rgap_bench.errors import ConfigError, InvalidUpdateError, UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear, invertible_activation
 from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
-from rgap_bench.linalg.lstsq import solve_blocks
+from rgap_bench.linalg.lstsq import dense_lstsq, solve_blocks
+from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem, cpu_threads, pcg
 from rgap_bench.models.layers import SequentialNet
 from rgap_bench.types import ClientUpdate, LayerReport, Reconstruction
 
 log = logging.getLogger(__name__)
 
+SMALL_LAYER_WORK = 2e7  # unknowns x taps per filter below which one CPU thread is fastest
+SOLVERS = ("auto", "iterative", "dense", "sparse", "lstsq")
 SUPPORTED_LAYERS = "bias-free nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear"
 
 
@@ -75,13 +78,15 @@ class RGAP:
         refine_steps: int = 2,
         scale_rows: bool = True,
         rcond: float = 1e-10,
+        tol: float = 1e-11,
+        max_iter: int = 3000,
     ) -> None:
         if dtype not in ("float64", "float32"):
             raise ConfigError(f"attack.dtype must be float64 or float32, got {dtype!r}")
         if rank not in ("auto", "exact", "off"):
             raise ConfigError(f"attack.rank must be auto, exact or off, got {rank!r}")
-        if solver not in ("auto", "dense", "sparse"):
-            raise ConfigError(f"attack.solver must be auto, dense or sparse, got {solver!r}")
+        if solver not in SOLVERS:
+            raise ConfigError(f"attack.solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
         self.name = name
         self.dtype = torch.float64 if dtype == "float64" else torch.float32
         self.solver = solver
@@ -90,6 +95,8 @@ class RGAP:
         self.refine_steps = refine_steps
         self.scale_rows = scale_rows
         self.rcond = rcond
+        self.tol = tol
+        self.max_iter = max_iter
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
         meta = update.metadata
@@ -106,8 +113,8 @@ class RGAP:
             )
         layers = self._read_layers(model, update)
         grad_out = layers[-1].grad.reshape(-1)
-        w_out = layers[-1].op.weight.detach().reshape(-1).double()
-        c = float(w_out @ grad_out)
+        w_out = layers[-1].op.weight.detach().reshape(-1).to(grad_out.device, torch.float64)
+        c = float(w_out @ grad_out.double())
         scale = meta.batch_size if meta.reduction == "mean" else 1
         roots = invert_logistic_scalar(c * scale)
         labels = [int(meta.labels.reshape(-1)[0])] if meta.labels is not None else [0, 1]
@@ -149,7 +156,7 @@ class RGAP:
             key = f"blocks.{i}.op.weight"
             if key not in update.tensors:
                 raise InvalidUpdateError(f"the update has no tensor {key!r}; it was made for another model")
-            grad = update.tensors[key].detach().to("cpu", torch.float64)
+            grad = update.tensors[key].detach().to(op.weight.device, self.dtype)
             if grad.shape != op.weight.shape:
                 raise InvalidUpdateError(f"{key}: update shape {tuple(grad.shape)} != weight {tuple(op.weight.shape)}")
             if not torch.isfinite(grad).all():
@@ -171,7 +178,7 @@ class RGAP:
         y = 2 * label - 1
         mu = u / y
         head = layers[-1]
-        z = head.act.inverse(torch.tensor([mu], dtype=torch.float64))
+        z = head.act.inverse(torch.tensor([mu], dtype=self.dtype, device=head.grad.device))
         dl_dmu = -y / (1.0 + math.exp(u)) / scale
         k = dl_dmu * head.act.derivative(z)
         reports: list[LayerReport] = []
@@ -184,7 +191,7 @@ class RGAP:
             reports.append(report)
         reports.reverse()
         residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
-        image = x_next.reshape(1, *layers[0].in_shape).float()
+        image = x_next.reshape(1, *layers[0].in_shape).float().cpu()
         return Reconstruction(
             inputs=image,
             labels=torch.tensor([label]),
@@ -198,10 +205,9 @@ class RGAP:
             },
         )
 
-    @staticmethod
-    def _back_propagate(upper: _Layer, k_upper: Tensor) -> Tensor:
+    def _back_propagate(self, upper: _Layer, k_upper: Tensor) -> Tensor:
         """dL/d(input of the upper layer) = W^T k, reshaped to the lower layer's output shape."""
-        weight = upper.op.weight.detach().double()
+        weight = upper.op.weight.detach().to(self.dtype)
         if isinstance(upper.op, nn.Linear):
             return (weight.T @ k_upper.reshape(-1)).reshape(upper.in_shape)
         grad_in = torch.nn.grad.conv2d_input(
@@ -215,51 +221,99 @@ class RGAP:
 
     def _solve_layer(self, layer: _Layer, k: Tensor, z: Tensor) -> tuple[Tensor, LayerReport]:
         start = time.perf_counter()
-        weight = layer.op.weight.detach().double()
+        weight = layer.op.weight.detach().to(self.dtype)
         n = int(np.prod(layer.in_shape))
-        if isinstance(layer.op, nn.Conv2d):
-            geom = ConvGeometry(
-                tuple(layer.in_shape),
-                tuple(layer.op.kernel_size),
-                tuple(layer.op.stride),
-                tuple(layer.op.padding),
+        is_conv = isinstance(layer.op, nn.Conv2d)
+        geom = (
+            ConvGeometry(
+                tuple(layer.in_shape), tuple(layer.op.kernel_size), tuple(layer.op.stride), tuple(layer.op.padding)
             )
-            blocks = conv_constraints(weight, layer.grad, k.reshape(weight.shape[0], -1), z, geom)
-            padded = geom.padded_unknowns
-        else:
-            blocks = linear_constraints(weight, layer.grad, k, z)
-            padded = n
+            if is_conv
+            else None
+        )
         # A linear layer's gradient rows alone pin x down (rank n) as soon as one k[j] != 0: no need to measure.
-        determined_by_gradient = isinstance(layer.op, nn.Linear) and bool(torch.any(k != 0))
+        determined_by_gradient = not is_conv and bool(torch.any(k != 0))
         want_rank = self.rank == "exact" or (
             self.rank == "auto" and n <= self.rank_max_unknowns and not determined_by_gradient
         )
-        result = solve_blocks(
-            blocks,
-            dtype=self.dtype,
-            solver=self.solver,
-            scale_rows=self.scale_rows,
-            want_rank=want_rank,
-            rcond=self.rcond,
-            refine_steps=self.refine_steps,
-        )
-        rank = result.rank if result.rank is not None or not determined_by_gradient else n
+        method = self._method(is_conv, want_rank)
+        iterations = None
+        rank = n if determined_by_gradient else None
+        sigma_min = None
+        if method == "direct-linear":
+            x, residual = LinearSystem(weight, k, layer.grad, z, self.scale_rows).solve()
+            label = method
+        elif method == "pcg":
+            system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, self.scale_rows)
+            small = weight.device.type == "cpu" and n * weight[0].numel() < SMALL_LAYER_WORK
+            with cpu_threads(1 if small else None):
+                result = pcg(
+                    system.normal, system.normal_rhs(), BlockJacobi(system), tol=self.tol, max_iter=self.max_iter
+                )
+            x, iterations, residual = result.x, result.iterations, system.residual_rel(result.x)
+            label = "pcg-blockjacobi"
+            if result.normal_residual_rel > 1e3 * self.tol:
+                log.warning(
+                    "layer %d: PCG stopped at relative normal residual %.1e after %d iterations (attack.max_iter); "
+                    "the layer may be rank-deficient or ill-conditioned: try attack.solver=dense for small layers",
+                    layer.index,
+                    result.normal_residual_rel,
+                    iterations,
+                )
+        else:
+            x, residual, rank, sigma_min, label = self._solve_explicit(layer, weight, k, z, geom, method, want_rank)
         report = LayerReport(
             index=layer.index,
             layer=describe_op(layer.op),
             unknowns=n,
-            unknowns_padded=padded,
+            unknowns_padded=geom.padded_unknowns if is_conv else n,
             gradient_constraints=layer.grad.numel(),
             weight_constraints=int(z.numel()),
-            padding_constraints=padded - n,
+            padding_constraints=(geom.padded_unknowns - n) if is_conv else 0,
             rank=rank,
             rank_deficiency=None if rank is None else n - rank,
-            sigma_min_rel=result.sigma_min_rel,
-            residual_rel=result.residual_rel,
-            solver=result.solver,
+            sigma_min_rel=sigma_min,
+            residual_rel=residual,
+            solver=label,
+            iterations=iterations,
             time_s=time.perf_counter() - start,
         )
         if report.rank_deficiency:
             report.note = f"rank-deficient: {report.rank_deficiency} input directions are not determined"
             log.info("layer %d: %s", layer.index, report.note)
-        return torch.from_numpy(result.x).reshape(layer.in_shape), report
+        return x.reshape(layer.in_shape), report
+
+    def _method(self, is_conv: bool, want_rank: bool) -> str:
+        """auto: closed form for linear layers, PCG for convs, the explicit dense path when a rank is wanted."""
+        if self.solver == "auto":
+            if not is_conv:
+                return "direct-linear"
+            return "dense" if want_rank else "pcg"
+        if self.solver == "iterative":
+            return "pcg" if is_conv else "direct-linear"
+        return self.solver
+
+    def _solve_explicit(
+        self, layer: _Layer, weight: Tensor, k: Tensor, z: Tensor, geom: ConvGeometry | None, method: str, rank: bool
+    ) -> tuple[Tensor, float, int | None, float | None, str]:
+        """Explicit sparse matrices (host, float64 assembly): the reference paths and the exact rank."""
+        cpu = {"device": "cpu", "dtype": torch.float64}
+        w64, g64, k64, z64 = (t.detach().to(**cpu) for t in (weight, layer.grad, k, z))
+        if geom is not None:
+            blocks = conv_constraints(w64, g64, k64.reshape(weight.shape[0], -1), z64, geom)
+        else:
+            blocks = linear_constraints(w64, g64, k64, z64)
+        if method == "lstsq":
+            x, residual = dense_lstsq(blocks, dtype=self.dtype, scale_rows=self.scale_rows)
+            return torch.from_numpy(x).to(weight.device, self.dtype), residual, None, None, "dense-lstsq"
+        result = solve_blocks(
+            blocks,
+            dtype=self.dtype,
+            solver=method,
+            scale_rows=self.scale_rows,
+            want_rank=rank,
+            rcond=self.rcond,
+            refine_steps=self.refine_steps,
+        )
+        x = torch.from_numpy(result.x).to(weight.device, self.dtype)
+        return x, result.residual_rel, result.rank, result.sigma_min_rel, result.solver

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rgap_bench.defenses.base import ClientContext
 from rgap_bench.types import ClientUpdate
 
 
@@ -9,8 +10,8 @@ class NoDefense:
     def __init__(self, name: str = "none") -> None:
         self.name = name
 
-    def __call__(self, update: ClientUpdate) -> ClientUpdate:
+    def __call__(self, update: ClientUpdate, context: ClientContext | None = None) -> ClientUpdate:
         return update
 
     def report(self) -> dict[str, float | str]:
-        return {"name": self.name}
+        return {"name": self.name, "distortion": 0.0}

@@ -105,7 +105,13 @@ def solve_blocks(
     if method == "dense":
         solve, rank, sigma_min, label = _dense_factor(normal.toarray(), dtype, want_rank, rcond)
     elif method == "sparse":
-        lu = spla.splu(normal.astype(np.float64), permc_spec="COLAMD")
+        try:
+            lu = spla.splu(normal.astype(np.float64), permc_spec="COLAMD")
+        except MemoryError as exc:
+            raise MemoryError(
+                f"sparse LU of a {n}x{n} normal matrix ran out of memory (the per-channel gradient blocks K^T K are "
+                "dense); use attack.solver=iterative or auto"
+            ) from exc
 
         def solve(r: np.ndarray) -> np.ndarray:
             return lu.solve(r.astype(np.float64))
@@ -120,3 +126,13 @@ def solve_blocks(
     residual = rhs - matrix @ x.astype(np_dtype)
     denom = float(np.linalg.norm(rhs)) or 1.0
     return SolveResult(x, label, rank, sigma_min, float(np.linalg.norm(residual)) / denom)
+
+
+def dense_lstsq(blocks: list[ConstraintBlock], *, dtype: torch.dtype, scale_rows: bool) -> tuple[np.ndarray, float]:
+    """Reference: the stacked system as one dense matrix, solved by LAPACK least squares (what naive code does)."""
+    matrix, rhs = stack_scaled(blocks, scale_rows)
+    a = torch.from_numpy(matrix.toarray()).to(dtype)
+    b = torch.from_numpy(rhs).to(dtype)
+    x = torch.linalg.lstsq(a, b[:, None], driver="gelsd").solution[:, 0]
+    residual = float((a @ x - b).norm() / b.norm().clamp_min(1e-300))
+    return x.double().numpy(), residual

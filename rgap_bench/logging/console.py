@@ -19,6 +19,7 @@ LAYER_COLUMNS = (
     ("sigma_min_rel", "σmin/σmax"),
     ("residual_rel", "residual"),
     ("solver", "solver"),
+    ("iterations", "iters"),
     ("time_s", "time s"),
 )
 

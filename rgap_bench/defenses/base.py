@@ -1,0 +1,80 @@
+"""What every defence shares: the update-in/update-out contract, its own noise generator, and a cost report.
+
+A defence runs on the client, after the update is computed and before it is sent, so it may use the client's
+private data through a `ClientContext` (DP-SGD needs per-example gradients); attacks never see the context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rgap_bench.types import ClientUpdate, UpdateMetadata
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    """The client-side facts a defence may need: the model the update was computed on, and the private data."""
+
+    model: nn.Module
+    inputs: Tensor
+    targets: Tensor
+    loss: str
+    reduction: str
+    dataset_size: int | None = None  # size of the client's local dataset (DP sampling rate)
+
+
+def update_norm(tensors: dict[str, Tensor]) -> float:
+    """L2 norm of the whole update, all tensors flattened into one vector."""
+    return float(torch.linalg.vector_norm(torch.stack([t.double().norm() for t in tensors.values()])))
+
+
+def relative_distortion(before: dict[str, Tensor], after: dict[str, Tensor]) -> float:
+    """||u' - u|| / ||u||: the price a defence charges the update (inf for a zero update changed)."""
+    diff = update_norm({n: after[n].double() - before[n].double() for n in before})
+    norm = update_norm(before)
+    return diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+class Defense(ABC):
+    """A transform of an update with a seeded generator and a report of its parameters and cost."""
+
+    def __init__(self, name: str, seed: int = 0) -> None:
+        self.name = name
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.calls = 0
+        self._last: dict[str, Any] = {}
+
+    @abstractmethod
+    def transform(self, tensors: dict[str, Tensor], metadata: UpdateMetadata, context: ClientContext | None) -> dict:
+        """Return the defended tensors (same names and shapes); may set `self._last` entries."""
+
+    def params(self) -> dict[str, Any]:
+        """The defence's parameters, as they go into the metrics."""
+        return {}
+
+    def __call__(self, update: ClientUpdate, context: ClientContext | None = None) -> ClientUpdate:
+        self._last = {}
+        tensors = self.transform(update.tensors, update.metadata, context)
+        self.calls += 1
+        self._last["distortion"] = relative_distortion(update.tensors, tensors)
+        applied = [*update.metadata.extra.get("defenses", []), self.name]
+        metadata = dataclasses.replace(update.metadata, extra={**update.metadata.extra, "defenses": applied})
+        return ClientUpdate(tensors, metadata)
+
+    def report(self) -> dict[str, Any]:
+        """Parameters plus the cost measured on the last call (relative distortion and defence-specific keys)."""
+        return {"name": self.name, **self.params(), **self._last}
+
+    def randn_like(self, t: Tensor) -> Tensor:
+        """Standard normal noise from this defence's own generator (reproducible whatever else draws numbers)."""
+        return torch.randn(t.shape, generator=self.generator, dtype=torch.float64).to(t.device, t.dtype)
+
+    def rand_like(self, t: Tensor) -> Tensor:
+        return torch.rand(t.shape, generator=self.generator, dtype=torch.float64).to(t.device, t.dtype)

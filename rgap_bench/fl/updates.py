@@ -1,0 +1,32 @@
+"""What an attacker can make of a FedAvg update with public metadata alone.
+
+One local step of plain SGD is w' = w - lr g, so -delta / lr is exactly the gradient FedSGD would have sent. After
+S steps, -delta / (lr S) is the mean gradient along the local trajectory: the attacker's approximation, which gets
+worse as the weights move away from the global model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rgap_bench.errors import InvalidUpdateError
+from rgap_bench.types import ClientUpdate
+
+
+def as_gradient(update: ClientUpdate) -> ClientUpdate:
+    """Gradient-equivalent of an update: unchanged for a gradient, -delta / (lr * steps) for a weight delta."""
+    meta = update.metadata
+    if meta.kind == "gradient":
+        return update
+    if meta.kind != "weight_delta":
+        raise InvalidUpdateError(f"cannot turn an update of kind {meta.kind!r} into a gradient")
+    try:
+        lr, steps = float(meta.extra["lr"]), int(meta.extra["local_steps"])
+    except KeyError as exc:
+        raise InvalidUpdateError(f"a weight delta needs public metadata {exc} to be read as a gradient") from exc
+    if lr <= 0 or steps < 1:
+        raise InvalidUpdateError(f"a weight delta needs lr > 0 and local_steps >= 1, got lr={lr}, steps={steps}")
+    scale = -1.0 / (lr * steps)
+    extra = {**meta.extra, "converted_from": "weight_delta", "exact_conversion": steps == 1}
+    metadata = dataclasses.replace(meta, kind="gradient", extra=extra)
+    return ClientUpdate({n: t * scale for n, t in update.tensors.items()}, metadata)

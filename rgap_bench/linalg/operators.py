@@ -1,0 +1,250 @@
+"""Matrix-free layer systems: the scaled gradient and weight constraints of one layer as torch operators.
+
+For a conv layer the unknown is the interior input x (C, H, W). The gradient constraints are the weight-gradient
+map x -> corr(x, k) (one equation per kernel entry), the weight constraints are the convolution x -> conv(x, W);
+both are applied with conv2d / conv2d_weight and their adjoints with conv2d_input, so nothing of size
+(equations x unknowns) is ever formed. Every row is scaled to unit norm, as in the explicit path.
+
+The gradient rows of a conv separate per input channel and share one small matrix K (C_out*kh*kw x H*W), so
+I_C (x) K^T K is block diagonal with identical blocks; together with the exact diagonal of the weight part it makes
+a block-Jacobi preconditioner whose blocks are solved exactly (directly, or through Woodbury when K is wide).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rgap_bench.linalg.constraints import ConvGeometry, conv_patch_index
+
+
+def _inverse_norm(norm2: Tensor) -> Tensor:
+    return torch.where(norm2 > 0, norm2.clamp_min(1e-300).rsqrt(), torch.zeros_like(norm2))
+
+
+@dataclass
+class ConvSystem:
+    """Scaled least-squares system [D_g G; D_w W] x = [D_g vec(dL/dW); D_w z] of one bias-free conv layer."""
+
+    weight: Tensor  # (F, C, kh, kw)
+    k: Tensor  # (F, Ho, Wo): dL/dz of this layer
+    grad: Tensor  # (F, C, kh, kw): the shared weight gradient
+    z: Tensor | None  # (F, Ho, Wo): pre-activation recovered from the layer above
+    geom: ConvGeometry
+    scale_rows: bool = True
+    grad_scale: Tensor = field(init=False)
+    weight_scale: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        c, h, w = self.geom.in_shape
+        ones = torch.ones((1, 1, h, w), dtype=self.weight.dtype, device=self.weight.device)
+        if self.scale_rows:
+            kk = (self.weight.shape[0], 1, *self.geom.kernel)
+            g2 = self._weight_grad(ones, (self.k**2)[None], kk)  # (F, 1, kh, kw): independent of the channel
+            self.grad_scale = _inverse_norm(g2)
+            w2 = F.conv2d(ones.expand(1, c, h, w), self.weight**2, stride=self.geom.stride, padding=self.geom.padding)
+            self.weight_scale = _inverse_norm(w2[0])
+        else:
+            self.grad_scale = torch.ones_like(self.weight[:, :1])
+            self.weight_scale = torch.ones_like(self.k)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.geom.in_shape
+
+    def _weight_grad(self, x: Tensor, k: Tensor, size: tuple[int, ...]) -> Tensor:
+        return torch.nn.grad.conv2d_weight(x, size, k, stride=self.geom.stride, padding=self.geom.padding)
+
+    def _input_grad(self, weight: Tensor, out: Tensor) -> Tensor:
+        size = (1, *self.geom.in_shape)
+        return torch.nn.grad.conv2d_input(size, weight, out, stride=self.geom.stride, padding=self.geom.padding)[0]
+
+    def grad_rows(self, x: Tensor) -> Tensor:
+        return self._weight_grad(x[None], self.k[None], self.weight.shape) * self.grad_scale
+
+    def grad_rows_adjoint(self, v: Tensor) -> Tensor:
+        return self._input_grad(v * self.grad_scale, self.k[None])
+
+    def weight_rows(self, x: Tensor) -> Tensor:
+        return F.conv2d(x[None], self.weight, stride=self.geom.stride, padding=self.geom.padding)[0] * self.weight_scale
+
+    def weight_rows_adjoint(self, y: Tensor) -> Tensor:
+        return self._input_grad(self.weight, (y * self.weight_scale)[None])
+
+    def normal(self, x: Tensor) -> Tensor:
+        out = self.grad_rows_adjoint(self.grad_rows(x))
+        if self.z is not None:
+            out = out + self.weight_rows_adjoint(self.weight_rows(x))
+        return out
+
+    def normal_rhs(self) -> Tensor:
+        out = self.grad_rows_adjoint(self.grad * self.grad_scale)
+        if self.z is not None:
+            out = out + self.weight_rows_adjoint(self.z * self.weight_scale)
+        return out
+
+    def residual_rel(self, x: Tensor) -> float:
+        parts = [(self.grad_rows(x), self.grad * self.grad_scale)]
+        if self.z is not None:
+            parts.append((self.weight_rows(x), self.z * self.weight_scale))
+        res = sum(float(((a - b) ** 2).sum()) for a, b in parts)
+        ref = sum(float((b**2).sum()) for _, b in parts)
+        return (res / ref) ** 0.5 if ref > 0 else res**0.5
+
+    def channel_matrix(self) -> Tensor:
+        """The shared per-channel gradient matrix K (F*kh*kw, H*W), row-scaled, built by index arithmetic."""
+        _, h, w = self.geom.in_shape
+        geom1 = ConvGeometry((1, h, w), self.geom.kernel, self.geom.stride, self.geom.padding)
+        idx = conv_patch_index(geom1).to(self.k.device)  # (kh*kw, L)
+        taps, positions = idx.shape
+        filters = self.weight.shape[0]
+        values = self.k.reshape(filters, 1, positions) * self.grad_scale.reshape(filters, taps, 1)
+        rows = torch.arange(filters * taps, device=idx.device).reshape(filters, taps, 1).expand(-1, -1, positions)
+        cols = idx[None].expand(filters, -1, -1)
+        valid = cols >= 0
+        dense = torch.zeros(filters * taps, h * w, dtype=self.k.dtype, device=self.k.device)
+        dense.index_put_((rows[valid], cols[valid]), values.expand(-1, taps, -1)[valid], accumulate=True)
+        return dense
+
+    def weight_diagonal(self) -> Tensor:
+        """Exact diagonal of W^T D_w^2 W, per interior input entry (C, H, W)."""
+        if self.z is None:
+            return torch.zeros(self.geom.in_shape, dtype=self.k.dtype, device=self.k.device)
+        return self._input_grad(self.weight**2, (self.weight_scale**2)[None])
+
+
+class BlockJacobi:
+    """Preconditioner: per channel c, (diag_c + K^T K)^-1, exact, inverting only the smaller side (Woodbury when
+    K is wide); the small inverses are formed once so each application is a few matrix products."""
+
+    def __init__(self, system: ConvSystem, jitter: float = 1e-12) -> None:
+        c, h, w = system.geom.in_shape
+        kmat = system.channel_matrix()  # (m, n), n = H*W
+        diag = system.weight_diagonal().reshape(c, h * w)
+        scale = float(diag.mean()) + float((kmat**2).sum()) / (h * w) or 1.0
+        diag = diag + jitter * scale
+        m, n = kmat.shape
+        self.shape = (c, h, w)
+        self.kmat = kmat
+        if n <= m:
+            blocks = torch.diag_embed(diag) + (kmat.T @ kmat)[None]
+            self.mode, self.inverse = "direct", torch.cholesky_inverse(torch.linalg.cholesky(blocks))
+        else:
+            inv = 1.0 / diag  # (C, n)
+            cap = torch.eye(m, dtype=kmat.dtype, device=kmat.device)[None] + (kmat[None] * inv[:, None, :]) @ kmat.T
+            self.mode, self.inv = "woodbury", inv
+            self.inverse = torch.cholesky_inverse(torch.linalg.cholesky(cap))
+
+    def __call__(self, r: Tensor) -> Tensor:
+        c, h, w = self.shape
+        if self.mode == "direct":
+            return torch.bmm(self.inverse, r.reshape(c, h * w, 1)).reshape(c, h, w)
+        dr = self.inv * r.reshape(c, h * w)  # (C, n)
+        t = torch.bmm(self.inverse, (dr @ self.kmat.T)[..., None])[..., 0]  # (C, m)
+        return (dr - self.inv * (t @ self.kmat)).reshape(c, h, w)
+
+
+@contextmanager
+def cpu_threads(count: int | None):
+    """Temporarily cap torch's CPU threads: PCG on small layers runs many tiny kernels, where extra threads only
+    add synchronisation (and collapse when another process holds a core)."""
+    previous = torch.get_num_threads()
+    if count is not None and count < previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass
+class PCGResult:
+    x: Tensor
+    iterations: int
+    normal_residual_rel: float
+
+
+def pcg(
+    normal, rhs: Tensor, precondition, *, tol: float, max_iter: int, x0: Tensor | None = None, check_every: int = 10
+) -> PCGResult:
+    """Preconditioned conjugate gradients on N x = rhs, keeping scalars on the device between checks."""
+    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
+    r = rhs - normal(x) if x0 is not None else rhs.clone()
+    z = precondition(r)
+    p = z.clone()
+    rz = (r * z).sum()
+    ref = rhs.norm().clamp_min(1e-300)
+    it = 0
+    rel = float(r.norm() / ref)
+    while it < max_iter and rel > tol:
+        q = normal(p)
+        alpha = rz / (p * q).sum()
+        x = x + alpha * p
+        r = r - alpha * q
+        z = precondition(r)
+        rz_new = (r * z).sum()
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+        it += 1
+        if it % check_every == 0 or it == max_iter:
+            rel = float(r.norm() / ref)
+    return PCGResult(x, it, float(r.norm() / ref))
+
+
+@dataclass
+class LinearSystem:
+    """Scaled system [D_g (k (x) I); D_w W] x = [D_g vec(dL/dW); D_w z] of one bias-free linear layer.
+
+    Its normal matrix is a*I + W~^T W~ (a = number of active gradient rows when rows are scaled): solved directly
+    (Woodbury on the out x out side when the layer narrows), or by CG when both sides are large.
+    """
+
+    weight: Tensor  # (out, n)
+    k: Tensor  # (out,)
+    grad: Tensor  # (out, n)
+    z: Tensor | None  # (out,)
+    scale_rows: bool = True
+    tol: float = 1e-12
+    direct_max: int = 512  # above this (on both sides) CG replaces the direct solve
+
+    def solve(self) -> tuple[Tensor, float]:
+        k = self.k.reshape(-1)
+        active = k != 0
+        if self.scale_rows:
+            alpha = active.sum().to(k.dtype)
+            rhs = (self.grad[active] / k[active, None]).sum(0)
+        else:
+            alpha = (k**2).sum()
+            rhs = k @ self.grad
+        n = self.weight.shape[1]
+        if self.z is None:
+            return rhs / alpha, 0.0
+        wscale = _inverse_norm((self.weight**2).sum(1)) if self.scale_rows else torch.ones_like(self.z)
+        wt = self.weight * wscale[:, None]
+        rhs = rhs + wt.T @ (self.z * wscale)
+        out = wt.shape[0]
+        if min(out, n) > self.direct_max:
+            # alpha*I dominates a row-normalised W^T W, so plain CG converges in a few matrix-vector products.
+            result = pcg(lambda v: alpha * v + wt.T @ (wt @ v), rhs, lambda v: v / alpha, tol=self.tol, max_iter=500)
+            x = result.x
+        elif out < n:
+            cap = alpha * torch.eye(out, dtype=wt.dtype, device=wt.device) + wt @ wt.T
+            x = (rhs - wt.T @ torch.linalg.solve(cap, wt @ rhs)) / alpha
+        else:
+            gram = alpha * torch.eye(n, dtype=wt.dtype, device=wt.device) + wt.T @ wt
+            x = torch.cholesky_solve(rhs[:, None], torch.linalg.cholesky(gram))[:, 0]
+        return x, self.residual_rel(x, wt, wscale)
+
+    def residual_rel(self, x: Tensor, wt: Tensor, wscale: Tensor) -> float:
+        k = self.k.reshape(-1)
+        active = k != 0
+        scale = 1.0 / k[active].abs() if self.scale_rows else torch.ones_like(k[active])
+        grad_res = (torch.outer(k[active], x) - self.grad[active]) * scale[:, None]
+        grad_ref = self.grad[active] * scale[:, None]
+        res = float((grad_res**2).sum()) + float(((wt @ x - self.z * wscale) ** 2).sum())
+        ref = float((grad_ref**2).sum()) + float(((self.z * wscale) ** 2).sum())
+        return (res / ref) ** 0.5 if ref > 0 else res**0.5

@@ -1,0 +1,115 @@
+"""Matrix-free layer operators agree with the explicit sparse matrices, and their adjoints are exact."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
+from rgap_bench.linalg.lstsq import dense_lstsq
+from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem, pcg
+
+CASES = [
+    ((2, 6, 6), 3, (3, 3), (1, 1), (1, 1)),
+    ((3, 7, 5), 4, (2, 3), (2, 1), (1, 2)),
+    ((1, 8, 8), 2, (4, 4), (2, 2), (2, 2)),
+    ((4, 5, 5), 6, (3, 3), (2, 2), (0, 0)),
+]
+
+
+def make_system(in_shape, filters, kernel, stride, padding, scale_rows=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(filters, in_shape[0], *kernel, dtype=torch.float64, generator=gen)
+    x = torch.randn(in_shape, dtype=torch.float64, generator=gen)
+    geom = ConvGeometry(in_shape, kernel, stride, padding)
+    z = F.conv2d(x[None], weight, stride=stride, padding=padding)[0]
+    k = torch.randn(z.shape, dtype=torch.float64, generator=gen)
+    grad = torch.nn.grad.conv2d_weight(x[None], weight.shape, k[None], stride, padding)
+    return ConvSystem(weight, k, grad, z, geom, scale_rows), x
+
+
+def explicit(system):
+    grad_block, weight_block = conv_constraints(system.weight, system.grad, system.k, system.z, system.geom)
+    return torch.from_numpy(grad_block.matrix.toarray()), torch.from_numpy(weight_block.matrix.toarray())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_operators_match_the_sparse_matrices(case):
+    system, _ = make_system(*case, scale_rows=False)
+    g_dense, w_dense = explicit(system)
+    v = torch.randn(system.shape, dtype=torch.float64)
+    assert torch.allclose(system.grad_rows(v).reshape(-1), g_dense @ v.reshape(-1), atol=1e-12)
+    assert torch.allclose(system.weight_rows(v).reshape(-1), w_dense @ v.reshape(-1), atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_row_scales_are_the_row_norms(case):
+    system, _ = make_system(*case)
+    g_dense, w_dense = explicit(system)
+    g_scale = system.grad_scale.expand_as(system.weight).reshape(-1)
+    g_norm = g_dense.norm(dim=1)
+    assert torch.allclose(g_scale * g_norm, (g_norm > 0).double(), atol=1e-12)
+    w_norm = w_dense.norm(dim=1)
+    assert torch.allclose(system.weight_scale.reshape(-1) * w_norm, (w_norm > 0).double(), atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_adjoints_pass_the_dot_product_test(case):
+    system, _ = make_system(*case)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(system.shape, dtype=torch.float64, generator=gen)
+    v = torch.randn(system.weight.shape, dtype=torch.float64, generator=gen)
+    y = torch.randn(system.k.shape, dtype=torch.float64, generator=gen)
+    lhs, rhs = (system.grad_rows(x) * v).sum(), (x * system.grad_rows_adjoint(v)).sum()
+    assert torch.isclose(lhs, rhs, rtol=1e-12, atol=1e-12)
+    lhs, rhs = (system.weight_rows(x) * y).sum(), (x * system.weight_rows_adjoint(y)).sum()
+    assert torch.isclose(lhs, rhs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_channel_matrix_and_diagonal_match_the_normal_matrix(case):
+    system, _ = make_system(*case)
+    g_dense, w_dense = explicit(system)
+    g_scaled = g_dense * system.grad_scale.expand_as(system.weight).reshape(-1, 1)
+    w_scaled = w_dense * system.weight_scale.reshape(-1, 1)
+    c, h, w = system.shape
+    kmat = system.channel_matrix()
+    block = (g_scaled.T @ g_scaled).reshape(c, h * w, c, h * w)
+    for ch in range(c):
+        assert torch.allclose(block[ch, :, ch, :], kmat.T @ kmat, atol=1e-12)
+    assert torch.allclose(system.weight_diagonal().reshape(-1), (w_scaled**2).sum(0), atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_preconditioner_inverts_its_block_diagonal(case):
+    system, _ = make_system(*case)
+    pre = BlockJacobi(system, jitter=0.0)
+    c, h, w = system.shape
+    kmat = system.channel_matrix()
+    diag = system.weight_diagonal().reshape(c, h * w)
+    v = torch.randn(c, h * w, dtype=torch.float64)
+    applied = diag * v + v @ (kmat.T @ kmat)
+    assert torch.allclose(pre(applied.reshape(c, h, w)).reshape(c, -1), v, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pcg_recovers_the_layer_input(case):
+    system, x = make_system(*case)
+    result = pcg(system.normal, system.normal_rhs(), BlockJacobi(system), tol=1e-13, max_iter=2000)
+    assert torch.allclose(result.x, x, atol=1e-8)
+    assert system.residual_rel(result.x) < 1e-9
+
+
+@pytest.mark.parametrize(("out", "n", "direct_max"), [(6, 9, 512), (12, 5, 512), (40, 30, 16)])
+def test_linear_system_matches_dense_least_squares(out, n, direct_max):
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(out, n, dtype=torch.float64, generator=gen)
+    x = torch.randn(n, dtype=torch.float64, generator=gen)
+    k = torch.randn(out, dtype=torch.float64, generator=gen)
+    k[::3] = 0.0
+    grad = torch.outer(k, x) + 1e-3 * torch.randn(out, n, dtype=torch.float64, generator=gen)  # inconsistent
+    z = weight @ x
+    solved, residual = LinearSystem(weight, k, grad, z, direct_max=direct_max).solve()
+    reference, ref_residual = dense_lstsq(linear_constraints(weight, grad, k, z), dtype=torch.float64, scale_rows=True)
+    assert np.allclose(solved.numpy(), reference, atol=1e-9)
+    assert residual == pytest.approx(ref_residual, rel=1e-6)

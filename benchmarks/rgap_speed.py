@@ -25,6 +25,7 @@ CASES = {
     "cnn6-32-f32": ("cnn6", 32, 3, "float32", True),
     "cnn6-64": ("cnn6", 64, 3, "float64", False),
     "cnn6-128": ("cnn6", 128, 3, "float64", False),
+    "wide-128": ("wide", 128, 3, "float64", False),
     "fcn3": ("fcn3", 28, 1, "float64", True),
     "fcn3-wide": ("fcn3-wide", 28, 1, "float64", False),
 }
@@ -41,8 +42,13 @@ def build(model_name: str, size: int, channels: int):
     from rgap_bench.models.layers import LayerSpec
 
     torch.manual_seed(0)
-    if model_name == "cnn6":
-        model = cnn6(image_size=size)
+    if model_name in ("cnn6", "wide"):
+        # "wide": a CNN6-like net whose layers stay over-determined at 128x128 (CNN6's conv2 does not).
+        wide = [LayerSpec("conv", 12, 4, 2, 2), LayerSpec("conv", 64, 3, 2, 1), LayerSpec("conv", 64, 3, 1, 1)]
+        head = [LayerSpec("linear", 1, activation="identity")]
+        model = (
+            cnn6(image_size=size) if model_name == "cnn6" else build_from_specs("wide", (3, size, size), wide + head)
+        )
         data = EmbeddedPhotos(name="photos", image_size=size, channels=channels, index=0)
     else:
         widths = (1000, 100, 1) if model_name == "fcn3" else (4000, 1000, 1)
@@ -135,7 +141,7 @@ def main() -> None:
         return
     rows = []
     for case in args.cases:
-        repeats = 1 if case == "cnn6-128" else args.repeats
+        repeats = 1 if case.endswith("128") else args.repeats
         cmd = [sys.executable, __file__, "--child", case, "--solver", args.solver, "--repeats", str(repeats)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

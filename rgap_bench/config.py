@@ -114,6 +114,7 @@ class RGAPConfig:
     rcond: float = 1e-10  # relative eigenvalue cut-off for rank-deficient normal equations
     tol: float = 1e-11  # iterative solver: relative residual of the normal equations
     max_iter: int = 3000  # iterative solver: iteration cap per layer
+    carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
 
 
 @dataclass
@@ -214,6 +215,8 @@ class RunConfig:
     client: Any = MISSING
     attack: Any = MISSING
     defense: Any = MISSING
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
     logger: Any = MISSING
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto

@@ -86,3 +86,13 @@ def test_wrong_type_fails_at_compose_time(hydra_conf):
         compose(config_name="config", overrides=["data.batch_size=two"])
     with pytest.raises((ConfigCompositionException, ValidationError)):
         compose(config_name="config", overrides=["model=convnet", "model.layers.0.stride=wide"])
+
+
+def test_root_keys_are_checked_too(hydra_conf):
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose(config_name="config", overrides=["seed=abc"])
+    with pytest.raises(ConfigCompositionException, match="sed"):
+        compose(config_name="config", overrides=["sed=1"])
+    cfg = compose(config_name="config")
+    assert "schema" not in cfg
+    assert cfg.pretrain.epochs == 0 and cfg.fl.num_clients == 1

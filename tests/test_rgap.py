@@ -86,7 +86,8 @@ def test_cnn6d_reports_the_rank_deficient_second_conv():
     rec = attack(model, make_update(model, batch), rank="auto")
     deficiency = [layer.rank_deficiency for layer in rec.layers]
     assert deficiency[1] > 0
-    assert deficiency[0] == 0 and all(d == 0 for d in deficiency[2:])
+    assert all(d == 0 for d in deficiency[2:])
+    assert rec.layers[0].solver == "joint-null-space"  # conv1 is solved together with conv2's null space
     assert rec.layers[1].rank == rec.layers[1].unknowns - deficiency[1]
     assert psnr(rec.inputs, batch.inputs) < 40  # an under-determined layer loses information
 
@@ -154,3 +155,38 @@ def test_float32_solve_still_recovers():
     batch = photo_batch(image_size=8)
     rec = attack(model, make_update(model, batch), dtype="float32")
     assert psnr(rec.inputs, batch.inputs) >= 40
+
+
+def test_noise_beyond_the_logistic_range_is_attacked_not_refused():
+    model = _tiny()
+    update = make_update(model, photo_batch(image_size=4, channels=1))
+    tensors = dict(update.tensors)
+    head = model.blocks[-1].op.weight.detach()
+    tensors["blocks.1.op.weight"] = -head / head.norm() ** 2  # <w, g> = -1, impossible without noise
+    rec = attack(model, dataclasses.replace(update, tensors=tensors))
+    assert rec.info["output_scalar_clamped"] is True
+    assert rec.info["output_scalar"] == pytest.approx(-1.0)
+    assert torch.isfinite(rec.inputs).all()
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_null_space_of_a_deficient_layer_is_carried_into_the_layer_below(seed):
+    """conv2 leaves 340 directions open; conv1's surplus weight equations pin most of them down jointly."""
+    torch.manual_seed(seed)
+    model = build_convnet(
+        [
+            {"kind": "conv", "out": 8, "kernel": 3, "stride": 1, "padding": 1},
+            {"kind": "conv", "out": 2, "kernel": 3, "stride": 2, "padding": 1},
+            {"kind": "linear", "out": 1, "activation": "identity"},
+        ],
+        in_channels=1,
+        image_size=8,
+    )
+    batch = photo_batch(image_size=8, channels=1, index=seed)
+    update = make_update(model, batch)
+    plain = attack(model, update, rank="exact", carry_null_space=False)
+    carried = attack(model, update, rank="exact", carry_null_space=True)
+    assert plain.layers[1].rank_deficiency == 340
+    assert carried.layers[0].solver == "joint-null-space"
+    assert carried.layers[0].residual_rel < plain.layers[0].residual_rel / 3
+    assert psnr(carried.inputs, batch.inputs) > psnr(plain.inputs, batch.inputs) + 5

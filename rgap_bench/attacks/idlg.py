@@ -7,30 +7,17 @@ match wins), then only the inputs are optimised as in DLG.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from rgap_bench.attacks.gradient_matching import GradientMatchingAttack
 
 
 class IDLG(GradientMatchingAttack):
-    def __init__(
-        self,
-        name: str = "idlg",
-        distance: str = "euclidean",
-        optimizer: str = "lbfgs",
-        lr: float = 1.0,
-        max_iterations: int = 1000,
-        schedule: str = "none",
-        tolerance: float = 1e-10,
-        tv_weight: float = 0.0,
-        signed: bool = False,
-        restarts: int = 1,
-        box: bool = False,
-        labels: str = "infer",
-        init: str = "uniform",
-        seed: int = 0,
-        dtype: str = "float32",
-        progress: bool = True,
-    ) -> None:
-        super().__init__(
-            name, distance, optimizer, lr, max_iterations, schedule, tolerance, tv_weight, signed, restarts, box,
-            labels, init, seed, dtype, progress,
-        )  # fmt: skip
+    """The shared matching loop with this attack's published settings as defaults (the YAML repeats them)."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        name="idlg", distance="euclidean", optimizer="lbfgs", lr=1.0, max_iterations=1000, labels="infer"
+    )
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**{**self.DEFAULTS, **settings})

@@ -8,30 +8,28 @@ recovered analytically as in iDLG when not shared.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from rgap_bench.attacks.gradient_matching import GradientMatchingAttack
 
 
 class InvertingGradients(GradientMatchingAttack):
-    def __init__(
-        self,
-        name: str = "ig",
-        distance: str = "cosine",
-        optimizer: str = "adam",
-        lr: float = 0.1,
-        max_iterations: int = 2000,
-        schedule: str = "step",
-        tolerance: float = 1e-8,
-        tv_weight: float = 1e-4,
-        signed: bool = True,
-        restarts: int = 2,
-        box: bool = True,
-        labels: str = "infer",
-        init: str = "uniform",
-        seed: int = 0,
-        dtype: str = "float32",
-        progress: bool = True,
-    ) -> None:
-        super().__init__(
-            name, distance, optimizer, lr, max_iterations, schedule, tolerance, tv_weight, signed, restarts, box,
-            labels, init, seed, dtype, progress,
-        )  # fmt: skip
+    """The shared matching loop with this attack's published settings as defaults (the YAML repeats them)."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        name="ig",
+        distance="cosine",
+        optimizer="adam",
+        lr=0.1,
+        max_iterations=2000,
+        schedule="step",
+        tolerance=1e-8,
+        tv_weight=1e-4,
+        signed=True,
+        restarts=2,
+        box=True,
+        labels="infer",
+    )
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**{**self.DEFAULTS, **settings})

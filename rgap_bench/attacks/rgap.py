@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rgap_bench.attacks.logistic_scalar import invert_logistic_scalar
+from rgap_bench.attacks.logistic_scalar import F_MIN, U_STAR, invert_logistic_scalar
+from rgap_bench.attacks.null_space import solve_through_null_space
 from rgap_bench.errors import ConfigError, InvalidUpdateError, UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear, invertible_activation
 from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
@@ -80,6 +81,7 @@ class RGAP:
         rcond: float = 1e-10,
         tol: float = 1e-11,
         max_iter: int = 3000,
+        carry_null_space: bool = True,
     ) -> None:
         if dtype not in ("float64", "float32"):
             raise ConfigError(f"attack.dtype must be float64 or float32, got {dtype!r}")
@@ -97,6 +99,7 @@ class RGAP:
         self.rcond = rcond
         self.tol = tol
         self.max_iter = max_iter
+        self.carry_null_space = carry_null_space
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
         meta = update.metadata
@@ -116,13 +119,22 @@ class RGAP:
         w_out = layers[-1].op.weight.detach().reshape(-1).to(grad_out.device, torch.float64)
         c = float(w_out @ grad_out.double())
         scale = meta.batch_size if meta.reduction == "mean" else 1
-        roots = invert_logistic_scalar(c * scale)
+        clamped = math.isfinite(c) and c * scale < F_MIN
+        if clamped:
+            # Noise (a defence) can push the scalar below anything a clean logistic gradient produces; the closest
+            # consistent value is f's minimum. Attack on, and say so, rather than refuse the update.
+            log.warning(
+                "<w, dL/dw> = %.4g is below the logistic minimum %.4f: using u = %.4f", c * scale, F_MIN, U_STAR
+            )
+        roots = [U_STAR] if clamped else invert_logistic_scalar(c * scale)
         labels = [int(meta.labels.reshape(-1)[0])] if meta.labels is not None else [0, 1]
         candidates = []
         for label in labels:
             for u in roots:
                 candidates.append(self._recurse(layers, label, u, scale))
         best = choose_candidate(candidates)
+        best.info["output_scalar"] = c * scale
+        best.info["output_scalar_clamped"] = clamped
         if len(candidates) > 1:
             best.info["candidates"] = [
                 {key: r.info[key] for key in ("label", "u", "mean_residual_rel", "range_violation")} for r in candidates
@@ -183,11 +195,20 @@ class RGAP:
         k = dl_dmu * head.act.derivative(z)
         reports: list[LayerReport] = []
         x_next: Tensor | None = None
+        null_basis = None
         for layer in reversed(layers):
             if x_next is not None:
+                back_k = self._back_propagate(layers[layer.index + 1], k)
+                if null_basis is not None:
+                    x_next, k, report = self._solve_jointly(layer, back_k, x_next, null_basis, reports[-1])
+                    null_basis = None
+                    reports.append(report)
+                    continue
                 z = layer.act.inverse(x_next.reshape(layer.out_shape))
-                k = self._back_propagate(layers[layer.index + 1], k) * layer.act.derivative(z)
-            x_next, report = self._solve_layer(layer, k, z)
+                k = back_k * layer.act.derivative(z)
+            x_next, report, null_basis = self._solve_layer(layer, k, z)
+            if not self.carry_null_space or layer.index == 0:
+                null_basis = None
             reports.append(report)
         reports.reverse()
         residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
@@ -219,7 +240,7 @@ class RGAP:
         )
         return grad_in[0]
 
-    def _solve_layer(self, layer: _Layer, k: Tensor, z: Tensor) -> tuple[Tensor, LayerReport]:
+    def _solve_layer(self, layer: _Layer, k: Tensor, z: Tensor) -> tuple[Tensor, LayerReport, np.ndarray | None]:
         start = time.perf_counter()
         weight = layer.op.weight.detach().to(self.dtype)
         n = int(np.prod(layer.in_shape))
@@ -239,7 +260,7 @@ class RGAP:
         method = self._method(is_conv, want_rank)
         iterations = None
         rank = n if determined_by_gradient else None
-        sigma_min = None
+        sigma_min = null_basis = None
         if method == "direct-linear":
             x, residual = LinearSystem(weight, k, layer.grad, z, self.scale_rows).solve()
             label = method
@@ -261,7 +282,9 @@ class RGAP:
                     iterations,
                 )
         else:
-            x, residual, rank, sigma_min, label = self._solve_explicit(layer, weight, k, z, geom, method, want_rank)
+            x, residual, rank, sigma_min, label, null_basis = self._solve_explicit(
+                layer, weight, k, z, geom, method, want_rank
+            )
         report = LayerReport(
             index=layer.index,
             layer=describe_op(layer.op),
@@ -281,7 +304,43 @@ class RGAP:
         if report.rank_deficiency:
             report.note = f"rank-deficient: {report.rank_deficiency} input directions are not determined"
             log.info("layer %d: %s", layer.index, report.note)
-        return x.reshape(layer.in_shape), report
+        return x.reshape(layer.in_shape), report, null_basis
+
+    def _solve_jointly(
+        self, layer: _Layer, back_k: Tensor, x_upper: Tensor, null_basis: np.ndarray, upper_report: LayerReport
+    ) -> tuple[Tensor, Tensor, LayerReport]:
+        """Solve this layer together with the null-space coefficients of the deficient layer above it."""
+        start = time.perf_counter()
+        op = layer.op
+        geom = (
+            ConvGeometry(tuple(layer.in_shape), tuple(op.kernel_size), tuple(op.stride), tuple(op.padding))
+            if isinstance(op, nn.Conv2d)
+            else None
+        )
+        joint = solve_through_null_space(op.weight, layer.grad, geom, layer.act, back_k, x_upper, null_basis)
+        device = layer.grad.device
+        x_upper_new = joint.x_upper.to(device, self.dtype).reshape(layer.out_shape)
+        k = back_k * layer.act.derivative(layer.act.inverse(x_upper_new))
+        n = int(np.prod(layer.in_shape))
+        upper_report.note += f"; completed jointly with layer {layer.index} below"
+        report = LayerReport(
+            index=layer.index,
+            layer=describe_op(op),
+            unknowns=n,
+            unknowns_padded=geom.padded_unknowns if geom is not None else n,
+            gradient_constraints=layer.grad.numel(),
+            weight_constraints=int(np.prod(layer.out_shape)),
+            padding_constraints=(geom.padded_unknowns - n) if geom is not None else 0,
+            residual_rel=joint.residual_rel,
+            solver="joint-null-space",
+            iterations=joint.iterations,
+            time_s=time.perf_counter() - start,
+            note=(
+                f"solved with the {null_basis.shape[1]} undetermined directions of layer {layer.index + 1}; "
+                f"activation pattern {'settled' if joint.pattern_changes == 0 else 'not settled'}"
+            ),
+        )
+        return joint.x_lower.to(device, self.dtype).reshape(layer.in_shape), k, report
 
     def _method(self, is_conv: bool, want_rank: bool) -> str:
         """auto: closed form for linear layers, PCG for convs, the explicit dense path when a rank is wanted."""
@@ -295,7 +354,7 @@ class RGAP:
 
     def _solve_explicit(
         self, layer: _Layer, weight: Tensor, k: Tensor, z: Tensor, geom: ConvGeometry | None, method: str, rank: bool
-    ) -> tuple[Tensor, float, int | None, float | None, str]:
+    ) -> tuple[Tensor, float, int | None, float | None, str, np.ndarray | None]:
         """Explicit sparse matrices (host, float64 assembly): the reference paths and the exact rank."""
         cpu = {"device": "cpu", "dtype": torch.float64}
         w64, g64, k64, z64 = (t.detach().to(**cpu) for t in (weight, layer.grad, k, z))
@@ -305,7 +364,7 @@ class RGAP:
             blocks = linear_constraints(w64, g64, k64, z64)
         if method == "lstsq":
             x, residual = dense_lstsq(blocks, dtype=self.dtype, scale_rows=self.scale_rows)
-            return torch.from_numpy(x).to(weight.device, self.dtype), residual, None, None, "dense-lstsq"
+            return torch.from_numpy(x).to(weight.device, self.dtype), residual, None, None, "dense-lstsq", None
         result = solve_blocks(
             blocks,
             dtype=self.dtype,
@@ -316,4 +375,4 @@ class RGAP:
             refine_steps=self.refine_steps,
         )
         x = torch.from_numpy(result.x).to(weight.device, self.dtype)
-        return x, result.residual_rel, result.rank, result.sigma_min_rel, result.solver
+        return x, result.residual_rel, result.rank, result.sigma_min_rel, result.solver, result.null_basis

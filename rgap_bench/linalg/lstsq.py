@@ -27,6 +27,7 @@ class SolveResult:
     rank: int | None
     sigma_min_rel: float | None
     residual_rel: float
+    null_basis: np.ndarray | None = None  # orthonormal columns spanning the undetermined directions (dense path)
 
 
 def stack_scaled(blocks: list[ConstraintBlock], scale_rows: bool) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -49,7 +50,7 @@ def stack_scaled(blocks: list[ConstraintBlock], scale_rows: bool) -> tuple[sp.cs
 
 def _dense_factor(
     normal: np.ndarray, dtype: torch.dtype, want_rank: bool, rcond: float
-) -> tuple[Callable[[np.ndarray], np.ndarray], int | None, float | None, str]:
+) -> tuple[Callable[[np.ndarray], np.ndarray], int | None, float | None, str, np.ndarray | None]:
     gram = torch.from_numpy(normal).to(dtype)
     rank = sigma_min = None
     eigvals = None
@@ -66,7 +67,7 @@ def _dense_factor(
                 rt = torch.from_numpy(r).to(dtype).unsqueeze(1)
                 return torch.cholesky_solve(rt, chol).squeeze(1).double().numpy()
 
-            return solve, rank, sigma_min, "dense-cholesky"
+            return solve, rank, sigma_min, "dense-cholesky", None
     # Rank-deficient: minimum-norm solution through the eigen-decomposition of the normal matrix.
     vals, vecs = torch.linalg.eigh(gram)
     top = float(vals[-1]) if vals.numel() else 0.0
@@ -80,7 +81,7 @@ def _dense_factor(
         rt = torch.from_numpy(r).to(dtype)
         return (vecs @ (inv * (vecs.T @ rt))).double().numpy()
 
-    return solve_pinv, rank, sigma_min, "dense-eigh-pinv"
+    return solve_pinv, rank, sigma_min, "dense-eigh-pinv", vecs[:, ~mask].double().numpy()
 
 
 def solve_blocks(
@@ -101,9 +102,9 @@ def solve_blocks(
     n = matrix.shape[1]
     normal = (matrix.T @ matrix).tocsc()
     method = solver if solver != "auto" else ("dense" if n <= DENSE_MAX_UNKNOWNS else "sparse")
-    rank = sigma_min = None
+    rank = sigma_min = null_basis = None
     if method == "dense":
-        solve, rank, sigma_min, label = _dense_factor(normal.toarray(), dtype, want_rank, rcond)
+        solve, rank, sigma_min, label, null_basis = _dense_factor(normal.toarray(), dtype, want_rank, rcond)
     elif method == "sparse":
         try:
             lu = spla.splu(normal.astype(np.float64), permc_spec="COLAMD")
@@ -125,7 +126,7 @@ def solve_blocks(
         x = x + solve(np.asarray(matrix.T @ residual, dtype=np.float64))
     residual = rhs - matrix @ x.astype(np_dtype)
     denom = float(np.linalg.norm(rhs)) or 1.0
-    return SolveResult(x, label, rank, sigma_min, float(np.linalg.norm(residual)) / denom)
+    return SolveResult(x, label, rank, sigma_min, float(np.linalg.norm(residual)) / denom, null_basis)
 
 
 def dense_lstsq(blocks: list[ConstraintBlock], *, dtype: torch.dtype, scale_rows: bool) -> tuple[np.ndarray, float]:

@@ -37,12 +37,14 @@ MODELS = {
     "cnn6d": (cnn6d, lambda i: EmbeddedPhotos(name="photos", image_size=32, channels=3, index=i), "CNN6-d (RGB)"),
     "fcn3": (fcn3, lambda i: EmbeddedDigits(name="digits", image_size=28, channels=1, index=501 * i), "FCN3 (gray)"),
 }
-ATTACKS = ("rgap", "dlg", "hgap", "ig")
+ATTACKS = ("rgap", "rgap_joint", "dlg", "hgap", "ig")
 
 
 def build_attacks(args: argparse.Namespace) -> dict:
     return {
         "rgap": RGAP(rank="off"),  # the attack alone; the rank measurement is an analysis, timed under hgap
+        # attack=rgap as configured by default: exact ranks, and a deficient layer's null space solved jointly below
+        "rgap_joint": RGAP(),
         "dlg": DLG(max_iterations=args.dlg_budget, progress=False),
         "hgap": HGAP(max_iterations=args.hgap_budget, progress=False),
         "ig": InvertingGradients(max_iterations=args.ig_budget, restarts=args.ig_restarts, progress=False),
@@ -104,12 +106,13 @@ def report() -> str:
     if "cnn6d" in runs:
         rows = runs["cnn6d"]["rows"]
         images = sorted({r["image"] for r in rows})
-        shown = [a for a in ("rgap", "dlg", "hgap", "ig") if any(r["attack"] == a for r in rows)]
-        lines += ["CNN6-d per image, PSNR (dB):", "", "| photo | " + " | ".join(shown) + " | hgap >= max(rgap, dlg) |",
+        shown = [a for a in ATTACKS if any(r["attack"] == a for r in rows)]
+        lines += ["CNN6-d per image, PSNR (dB):", "", "| photo | " + " | ".join(shown) + " | hgap >= max(rgap*, dlg) |",
                   "|---|" + "---|" * (len(shown) + 1)]  # fmt: skip
         for image in images:
             psnr = {r["attack"]: r["psnr"] for r in rows if r["image"] == image}
-            ok = "yes" if psnr.get("hgap", -1) >= max(psnr.get("rgap", -1), psnr.get("dlg", -1)) - 1e-9 else "no"
+            best_part = max(psnr.get("rgap", -1), psnr.get("rgap_joint", -1), psnr.get("dlg", -1))
+            ok = "yes" if psnr.get("hgap", -1) >= best_part - 1e-9 else "no"
             lines.append(f"| {image} | " + " | ".join(f"{psnr[a]:.2f}" for a in shown) + f" | {ok} |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "table1.md").write_text(text)

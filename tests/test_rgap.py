@@ -89,7 +89,8 @@ def test_cnn6d_reports_the_rank_deficient_second_conv():
     assert all(d == 0 for d in deficiency[2:])
     assert rec.layers[0].solver == "joint-null-space"  # conv1 is solved together with conv2's null space
     assert rec.layers[1].rank == rec.layers[1].unknowns - deficiency[1]
-    assert psnr(rec.inputs, batch.inputs) < 40  # an under-determined layer loses information
+    # conv2 alone leaves 280 directions open, but conv1's surplus equations determine them jointly
+    assert psnr(rec.inputs, batch.inputs) >= 60
 
 
 def _tiny(act: nn.Module | None = None, bias: bool = False) -> nn.Module:

@@ -1,7 +1,8 @@
 """Least squares for stacked constraint blocks: row scaling, normal equations, rank, iterative refinement.
 
-The normal matrix A^T A of a layer is small (unknowns x unknowns) even when A has many rows, so it is formed
-sparsely and then factorised: dense Cholesky for layers up to a few thousand unknowns, sparse LU beyond.
+The explicit reference paths of R-GAP (the fast path is `operators.py`). The normal matrix A^T A of a layer is
+small (unknowns x unknowns) even when A has many rows, so it is formed sparsely and then factorised: dense
+Cholesky (or an eigen-decomposition, which also gives the rank and the null space), or sparse LU.
 Squaring the condition number costs accuracy; a few refinement steps against the original rows win it back.
 """
 
@@ -16,8 +17,6 @@ import scipy.sparse.linalg as spla
 import torch
 
 from rgap_bench.linalg.constraints import ConstraintBlock
-
-DENSE_MAX_UNKNOWNS = 8000
 
 
 @dataclass
@@ -88,7 +87,7 @@ def solve_blocks(
     blocks: list[ConstraintBlock],
     *,
     dtype: torch.dtype = torch.float64,
-    solver: str = "auto",
+    solver: str = "dense",
     scale_rows: bool = True,
     want_rank: bool = True,
     rcond: float = 1e-10,
@@ -101,11 +100,10 @@ def solve_blocks(
     rhs = rhs.astype(np_dtype)
     n = matrix.shape[1]
     normal = (matrix.T @ matrix).tocsc()
-    method = solver if solver != "auto" else ("dense" if n <= DENSE_MAX_UNKNOWNS else "sparse")
     rank = sigma_min = null_basis = None
-    if method == "dense":
+    if solver == "dense":
         solve, rank, sigma_min, label, null_basis = _dense_factor(normal.toarray(), dtype, want_rank, rcond)
-    elif method == "sparse":
+    elif solver == "sparse":
         try:
             lu = spla.splu(normal.astype(np.float64), permc_spec="COLAMD")
         except MemoryError as exc:
@@ -119,7 +117,7 @@ def solve_blocks(
 
         label = "sparse-lu"
     else:
-        raise ValueError(f"unknown solver {solver!r}; choose auto, dense or sparse")
+        raise ValueError(f"unknown explicit solver {solver!r}; choose dense or sparse")
     x = solve(np.asarray(matrix.T @ rhs, dtype=np.float64))
     for _ in range(refine_steps):
         residual = rhs - matrix @ x.astype(np_dtype)

@@ -276,10 +276,13 @@ class RGAP:
             if result.normal_residual_rel > 1e3 * self.tol:
                 log.warning(
                     "layer %d: PCG stopped at relative normal residual %.1e after %d iterations (attack.max_iter); "
-                    "the layer may be rank-deficient or ill-conditioned: try attack.solver=dense for small layers",
+                    "the layer may be rank-deficient (check with python -m rgap_bench.rank). To measure its rank and "
+                    "solve its null space jointly with the layer below, use attack.rank=auto with "
+                    "attack.rank_max_unknowns >= %d (dense, slow for large layers)",
                     layer.index,
                     result.normal_residual_rel,
                     iterations,
+                    n,
                 )
         else:
             x, residual, rank, sigma_min, label, null_basis = self._solve_explicit(

@@ -46,6 +46,14 @@ class _Layer:
     grad: Tensor
 
 
+def _geometry(layer: _Layer) -> ConvGeometry | None:
+    """Index geometry of a conv layer's input (None for a linear layer)."""
+    op = layer.op
+    if not isinstance(op, nn.Conv2d):
+        return None
+    return ConvGeometry(tuple(layer.in_shape), tuple(op.kernel_size), tuple(op.stride), tuple(op.padding))
+
+
 def choose_candidate(candidates: list[Reconstruction], tolerance: float = 10.0) -> Reconstruction:
     """Pick among (label, root) hypotheses: the most consistent, then the one inside the image range.
 
@@ -245,13 +253,7 @@ class RGAP:
         weight = layer.op.weight.detach().to(self.dtype)
         n = int(np.prod(layer.in_shape))
         is_conv = isinstance(layer.op, nn.Conv2d)
-        geom = (
-            ConvGeometry(
-                tuple(layer.in_shape), tuple(layer.op.kernel_size), tuple(layer.op.stride), tuple(layer.op.padding)
-            )
-            if is_conv
-            else None
-        )
+        geom = _geometry(layer)
         # A linear layer's gradient rows alone pin x down (rank n) as soon as one k[j] != 0: no need to measure.
         determined_by_gradient = not is_conv and bool(torch.any(k != 0))
         want_rank = self.rank == "exact" or (
@@ -315,11 +317,7 @@ class RGAP:
         """Solve this layer together with the null-space coefficients of the deficient layer above it."""
         start = time.perf_counter()
         op = layer.op
-        geom = (
-            ConvGeometry(tuple(layer.in_shape), tuple(op.kernel_size), tuple(op.stride), tuple(op.padding))
-            if isinstance(op, nn.Conv2d)
-            else None
-        )
+        geom = _geometry(layer)
         joint = solve_through_null_space(op.weight, layer.grad, geom, layer.act, back_k, x_upper, null_basis)
         device = layer.grad.device
         x_upper_new = joint.x_upper.to(device, self.dtype).reshape(layer.out_shape)

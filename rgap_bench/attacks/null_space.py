@@ -23,6 +23,7 @@ from torch import Tensor
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.constraints import ConstraintBlock, ConvGeometry, conv_constraints, linear_constraints
 from rgap_bench.linalg.lstsq import stack_scaled
+from rgap_bench.linalg.spectrum import cholesky_solve
 
 
 @dataclass
@@ -75,7 +76,7 @@ class _JointSystem:
         chol, info = torch.linalg.cholesky_ex(gram)
         full_rank = int(info) == 0
         rhs_n = torch.from_numpy(matrix.T @ rhs)[:, None]
-        sol = torch.cholesky_solve(rhs_n, chol)[:, 0] if full_rank else torch.linalg.lstsq(gram, rhs_n).solution[:, 0]
+        sol = cholesky_solve(rhs_n, chol)[:, 0] if full_rank else torch.linalg.lstsq(gram, rhs_n).solution[:, 0]
         residual = float(np.linalg.norm(matrix @ sol.numpy() - rhs) / max(np.linalg.norm(rhs), 1e-300))
         return sol, residual, full_rank
 

@@ -24,6 +24,7 @@ from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear
 from rgap_bench.linalg.lstsq import dense_lstsq, solve_blocks
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem, cpu_threads, pcg
 from rgap_bench.models.layers import SequentialNet
+from rgap_bench.rank.counts import conv_counts
 from rgap_bench.types import ClientUpdate, LayerReport, Reconstruction
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,15 @@ def _geometry(layer: _Layer) -> ConvGeometry | None:
     if not isinstance(op, nn.Conv2d):
         return None
     return ConvGeometry(tuple(layer.in_shape), tuple(op.kernel_size), tuple(op.stride), tuple(op.padding))
+
+
+def _predicted_deficiency(layer: _Layer) -> int:
+    """The counting bound's deficiency (rgap_bench.rank.counts): sizes the null-space search of the dense path."""
+    op = layer.op
+    if not isinstance(op, nn.Conv2d):
+        return 0
+    counts = conv_counts(tuple(layer.in_shape), op.out_channels, op.kernel_size, op.stride, op.padding)
+    return max(counts.predicted_deficiency, 0)
 
 
 def choose_candidate(candidates: list[Reconstruction], tolerance: float = 10.0) -> Reconstruction:
@@ -374,6 +384,8 @@ class RGAP:
             want_rank=rank,
             rcond=self.rcond,
             refine_steps=self.refine_steps,
+            device=weight.device,
+            null_hint=_predicted_deficiency(layer) if rank else 0,
         )
         x = torch.from_numpy(result.x).to(weight.device, self.dtype)
         return x, result.residual_rel, result.rank, result.sigma_min_rel, result.solver, result.null_basis

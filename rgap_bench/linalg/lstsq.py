@@ -2,7 +2,7 @@
 
 The explicit reference paths of R-GAP (the fast path is `operators.py`). The normal matrix A^T A of a layer is
 small (unknowns x unknowns) even when A has many rows, so it is formed sparsely and then factorised: dense
-Cholesky (or an eigen-decomposition, which also gives the rank and the null space), or sparse LU.
+Cholesky (a shifted one also gives the rank and the null space: `spectrum.py`), or sparse LU.
 Squaring the condition number costs accuracy; a few refinement steps against the original rows win it back.
 """
 
@@ -15,8 +15,10 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
+from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConstraintBlock
+from rgap_bench.linalg.spectrum import cholesky_solve, low_spectrum
 
 
 @dataclass
@@ -48,39 +50,45 @@ def stack_scaled(blocks: list[ConstraintBlock], scale_rows: bool) -> tuple[sp.cs
 
 
 def _dense_factor(
-    normal: np.ndarray, dtype: torch.dtype, want_rank: bool, rcond: float
+    normal: np.ndarray,
+    dtype: torch.dtype,
+    want_rank: bool,
+    rcond: float,
+    device: torch.device | str = "cpu",
+    null_hint: int = 0,
 ) -> tuple[Callable[[np.ndarray], np.ndarray], int | None, float | None, str, np.ndarray | None]:
-    gram = torch.from_numpy(normal).to(dtype)
-    rank = sigma_min = None
-    eigvals = None
-    if want_rank:
-        eigvals = torch.linalg.eigvalsh(gram)
-        top = float(eigvals[-1])
-        rank = int((eigvals > rcond * top).sum()) if top > 0 else 0
-        sigma_min = float(np.sqrt(max(float(eigvals[0]), 0.0) / top)) if top > 0 else 0.0
-    if rank is None or rank == gram.shape[0]:
+    """Factorise the normal matrix on `device`: plain Cholesky, or (rank wanted, or Cholesky failed) one shifted
+    Cholesky that also yields the rank and the null space (`spectrum.low_spectrum`)."""
+    gram = torch.from_numpy(normal).to(device=device, dtype=dtype)
+
+    def to_host(x: Tensor) -> np.ndarray:
+        return x.double().cpu().numpy()
+
+    if not want_rank:
         chol, info = torch.linalg.cholesky_ex(gram)
         if int(info) == 0:
 
             def solve(r: np.ndarray) -> np.ndarray:
-                rt = torch.from_numpy(r).to(dtype).unsqueeze(1)
-                return torch.cholesky_solve(rt, chol).squeeze(1).double().numpy()
+                return to_host(cholesky_solve(torch.from_numpy(r).to(gram)[:, None], chol)[:, 0])
 
-            return solve, rank, sigma_min, "dense-cholesky", None
-    # Rank-deficient: minimum-norm solution through the eigen-decomposition of the normal matrix.
-    vals, vecs = torch.linalg.eigh(gram)
-    top = float(vals[-1]) if vals.numel() else 0.0
-    mask = vals > rcond * top
-    inv = torch.where(mask, 1.0 / torch.where(mask, vals, torch.ones_like(vals)), torch.zeros_like(vals))
-    if rank is None:
-        rank = int(mask.sum())
-        sigma_min = float(np.sqrt(max(float(vals[0]), 0.0) / top)) if top > 0 else 0.0
+            return solve, None, None, "dense-cholesky", None
+    spectrum = low_spectrum(gram, rcond, null_hint=null_hint)
+    if spectrum.rank == gram.shape[0] and spectrum.sigma_min_rel**2 < 1e3 * spectrum.shift / spectrum.top:
+        # Full rank but close to the threshold: the shifted factor would converge slowly, factorise G itself.
+        chol, info = torch.linalg.cholesky_ex(gram)
+        if int(info) == 0:
+
+            def solve_full(r: np.ndarray) -> np.ndarray:
+                return to_host(cholesky_solve(torch.from_numpy(r).to(gram)[:, None], chol)[:, 0])
+
+            return solve_full, spectrum.rank, spectrum.sigma_min_rel, "dense-cholesky", None
 
     def solve_pinv(r: np.ndarray) -> np.ndarray:
-        rt = torch.from_numpy(r).to(dtype)
-        return (vecs @ (inv * (vecs.T @ rt))).double().numpy()
+        return to_host(spectrum.solve(torch.from_numpy(r).to(gram), gram=gram))
 
-    return solve_pinv, rank, sigma_min, "dense-eigh-pinv", vecs[:, ~mask].double().numpy()
+    null = spectrum.null_basis
+    label = "dense-shifted-cholesky" + ("-pinv" if null.shape[1] else "")  # refined against G in every solve
+    return solve_pinv, spectrum.rank, spectrum.sigma_min_rel, label, to_host(null) if null.shape[1] else None
 
 
 def solve_blocks(
@@ -92,6 +100,8 @@ def solve_blocks(
     want_rank: bool = True,
     rcond: float = 1e-10,
     refine_steps: int = 2,
+    device: torch.device | str = "cpu",
+    null_hint: int = 0,
 ) -> SolveResult:
     """Least-squares solution of the stacked blocks, with rank and residual of the scaled system."""
     matrix, rhs = stack_scaled(blocks, scale_rows)
@@ -102,7 +112,9 @@ def solve_blocks(
     normal = (matrix.T @ matrix).tocsc()
     rank = sigma_min = null_basis = None
     if solver == "dense":
-        solve, rank, sigma_min, label, null_basis = _dense_factor(normal.toarray(), dtype, want_rank, rcond)
+        solve, rank, sigma_min, label, null_basis = _dense_factor(
+            normal.toarray(), dtype, want_rank, rcond, device, null_hint
+        )
     elif solver == "sparse":
         try:
             lu = spla.splu(normal.astype(np.float64), permc_spec="COLAMD")

@@ -1,0 +1,102 @@
+"""Rank, smallest eigenvalue and null space of a dense normal matrix from one Cholesky factorisation.
+
+An R-GAP layer needs the rank of its normal matrix G = A^T A and, when it is deficient, the few undetermined
+directions. A full eigen-decomposition gives both but costs ~20x a Cholesky factorisation (2.7 s against 0.14 s
+at n = 3468 on 2 CPU cores). Here G + s I (s = rcond * lambda_max) is factorised once and block inverse iteration
+with it finds the eigenvectors whose eigenvalues are below the rank threshold: they are amplified by 1/s, every
+direction above the threshold by less than 1/(2 s). The block grows until it holds more than the null space, so
+the count is exact whenever the spectrum has a gap at the threshold (the eigen-decomposition's count needs the
+same gap to be meaningful).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import scipy.linalg
+import torch
+from torch import Tensor
+
+
+def cholesky_solve(rhs: Tensor, chol: Tensor) -> Tensor:
+    """(L L^T)^-1 rhs. On CPU through LAPACK's potrs (scipy): torch's cholesky_solve and solve_triangular take
+    0.1-1 s for one right-hand side at n = 3000 on 2 cores, potrs 5 ms."""
+    if chol.device.type == "cpu":
+        return torch.from_numpy(scipy.linalg.cho_solve((chol.numpy(), True), rhs.numpy(), check_finite=False))
+    return torch.cholesky_solve(rhs, chol)
+
+
+@dataclass
+class LowSpectrum:
+    top: float  # largest eigenvalue (power-iteration estimate)
+    shift: float  # s in G + s I
+    chol: Tensor  # lower Cholesky factor of G + s I
+    rank: int
+    sigma_min_rel: float  # sqrt(lambda_min / lambda_max); 0 when rank-deficient
+    null_basis: Tensor  # (n, n - rank) orthonormal columns, empty when full rank
+
+    def solve(self, rhs: Tensor, steps: int = 4, gram: Tensor | None = None) -> Tensor:
+        """Minimum-norm solution of G x = rhs: shifted solves refined against G, null directions projected out."""
+        vec = rhs.ndim == 1
+        r = rhs[:, None] if vec else rhs
+        x = self._project(cholesky_solve(r, self.chol))
+        if gram is not None:
+            for _ in range(steps):
+                x = x + self._project(cholesky_solve(r - gram @ x, self.chol))
+        return x[:, 0] if vec else x
+
+    def _project(self, x: Tensor) -> Tensor:
+        if self.null_basis.shape[1] == 0:
+            return x
+        return x - self.null_basis @ (self.null_basis.T @ x)
+
+
+def largest_eigenvalue(gram: Tensor, steps: int = 12, block: int = 4, seed: int = 0) -> float:
+    """Block power iteration; a few percent of accuracy is all a relative rank threshold needs."""
+    gen = torch.Generator(device=gram.device).manual_seed(seed)
+    v = torch.randn(gram.shape[0], block, dtype=gram.dtype, device=gram.device, generator=gen)
+    for _ in range(steps):
+        v = torch.linalg.qr(gram @ v).Q
+    return float(torch.linalg.eigvalsh(v.T @ gram @ v)[-1])
+
+
+def low_spectrum(
+    gram: Tensor, rcond: float, *, null_hint: int = 0, iterations: int = 4, max_rounds: int = 8, seed: int = 0
+) -> LowSpectrum:
+    """Rank (eigenvalues above rcond * lambda_max), sigma_min and null basis of a symmetric PSD matrix.
+
+    `null_hint` (e.g. the counting bound's deficiency) sizes the first block; a block found entirely null is
+    doubled, keeping the vectors already iterated.
+    """
+    n = gram.shape[0]
+    top = largest_eigenvalue(gram, seed=seed)
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    if top <= 0.0:
+        return LowSpectrum(0.0, 1.0, eye, 0, 0.0, eye)
+    shift = rcond * top
+    for _ in range(6):
+        chol, info = torch.linalg.cholesky_ex(gram + shift * eye)
+        if int(info) == 0:
+            break
+        shift *= 10.0  # rounding made G + s I indefinite: a larger shift, still far below the spectrum's bulk
+    else:
+        raise RuntimeError(f"Cholesky of the shifted {n}x{n} normal matrix failed; the matrix is not PSD")
+    gen = torch.Generator(device=gram.device).manual_seed(seed)
+    threshold = rcond * top
+    basis = gram.new_zeros((n, 0))
+    size = min(n, max(16, null_hint + 8))
+    while True:
+        fresh = torch.randn(n, size - basis.shape[1], dtype=gram.dtype, device=gram.device, generator=gen)
+        basis = torch.cat([basis, fresh], dim=1)
+        for _ in range(iterations):
+            basis = torch.linalg.qr(cholesky_solve(basis, chol)).Q
+        ritz, vectors = torch.linalg.eigh(basis.T @ gram @ basis)
+        small = ritz <= threshold
+        max_rounds -= 1
+        if int(small.sum()) < size or size == n or max_rounds == 0:
+            break
+        size = min(n, 2 * size)  # the whole block is null: the null space may be larger than the block
+    null = basis @ vectors[:, small]
+    rank = n - int(small.sum())
+    sigma_min = (max(float(ritz[0]), 0.0) / top) ** 0.5 if rank == n else 0.0
+    return LowSpectrum(top, shift, chol, rank, sigma_min, null)

@@ -2,10 +2,18 @@
 
 Every case runs in its own subprocess (so its peak memory is its own); inside it, the chosen solver runs
 `--repeats` times (median reported) and, where it fits, the plain dense float64 least-squares path runs once in the
-same process as the reference for the speed ratio. Prints a Markdown table and writes it to benchmarks/results/.
+same process as the reference for the speed ratio. Prints a Markdown table and writes it to benchmarks/results/
+(rgap_speed.md/.json on the CPU, rgap_speed_cuda.md/.json with --device cuda; --out picks another name).
 
     python benchmarks/rgap_speed.py                  # all cases
     python benchmarks/rgap_speed.py --cases cnn6-32 fcn3 --repeats 5
+    python benchmarks/rgap_speed.py --device cuda --case-timeout 240
+
+With --device cuda the model, the client's update and the attack all live on the GPU (the attack follows the
+model's weights), every timing is taken after torch.cuda.synchronize(), one untimed warm-up run comes first, and
+the peak of torch.cuda.max_memory_allocated is reported next to the process's peak RSS. The dense reference is
+host code (scipy/LAPACK) and runs only for the 32x32 cases there. cuDNN runs float32 convolutions in TF32 by
+default on Ampere and later GPUs; --tf32 off (the default here) turns that off so float32 is float32, as on the CPU.
 """
 
 from __future__ import annotations
@@ -30,9 +38,50 @@ CASES = {
     "fcn3-wide": ("fcn3-wide", 28, 1, "float64", False),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
+REFERENCE_ON_GPU = ("cnn6-32", "cnn6-32-f32")  # the host reference is slow: on the GPU, only the 32x32 cases
 
 
-def build(model_name: str, size: int, channels: int):
+def conv_tf32(enable: bool | None = None) -> str:
+    """Set (True/False) or leave (None) cuDNN's TF32 mode for float32 convolutions; returns the state in words.
+
+    torch >= 2.9 has a per-backend `fp32_precision`; mixing it with the legacy `allow_tf32` flag raises, so only
+    the new API is used where it exists.
+    """
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        if enable is not None:
+            conv.fp32_precision = "tf32" if enable else "ieee"
+        return f"cudnn.conv.fp32_precision={conv.fp32_precision}"
+    if enable is not None:
+        torch.backends.cudnn.allow_tf32 = enable
+    return f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}"
+
+
+def device_info(device: str) -> dict:
+    import torch
+
+    info = {"device": device, "torch": torch.__version__}
+    if device == "cuda":
+        info.update(device_name=torch.cuda.get_device_name(), cuda=torch.version.cuda, conv_fp32=conv_tf32())
+    else:
+        import platform
+
+        info.update(
+            device_name=f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        )
+    return info
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def build(model_name: str, size: int, channels: int, device: str = "cpu"):
     import torch
 
     from rgap_bench.data.digits import EmbeddedDigits
@@ -41,7 +90,7 @@ def build(model_name: str, size: int, channels: int):
     from rgap_bench.models import build_from_specs, cnn6, fcn3
     from rgap_bench.models.layers import LayerSpec
 
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the weights are drawn on the host, so every device attacks the same model
     if model_name in ("cnn6", "wide"):
         # "wide": a CNN6-like net whose layers stay over-determined at 128x128 (CNN6's conv2 does not).
         wide = [LayerSpec("conv", 12, 4, 2, 2), LayerSpec("conv", 64, 3, 2, 1), LayerSpec("conv", 64, 3, 1, 1)]
@@ -59,15 +108,19 @@ def build(model_name: str, size: int, channels: int):
         )
         data = EmbeddedDigits(name="digits", image_size=size, channels=channels, index=2500)
     batch = data.private_batch(0)
-    return model, batch, FedSGDClient(model).compute_update(batch)
+    # The client is moved, not just the model: a LightningModule sends the batch to its own recorded device.
+    client = FedSGDClient(model).to(device)
+    return model, batch, client.compute_update(batch)
 
 
-def timed_attack(model, update, batch, **kwargs) -> dict:
+def timed_attack(model, update, batch, device: str = "cpu", **kwargs) -> dict:
     from rgap_bench.attacks.rgap import RGAP
     from rgap_bench.metrics import reconstruction_metrics
 
+    sync(device)
     start = time.perf_counter()
     rec = RGAP(rank="off", **kwargs)(model, update)
+    sync(device)
     elapsed = time.perf_counter() - start
     scores = reconstruction_metrics(rec.inputs, batch.inputs)
     return {
@@ -77,11 +130,27 @@ def timed_attack(model, update, batch, **kwargs) -> dict:
     }
 
 
-def run_case(name: str, solver: str, repeats: int) -> dict:
+def run_case(name: str, solver: str, repeats: int, device: str = "cpu", reference: bool = True) -> dict:
+    import torch
+
     model_name, size, channels, dtype, with_reference = CASES[name]
-    model, batch, update = build(model_name, size, channels)
+    model, batch, update = build(model_name, size, channels, device)
+    warmup_s = cuda_base = None
+    if device == "cuda":
+        # Untimed warm-up: CUDA context, cuBLAS/cuSOLVER handles and lazily loaded kernels. The 128x128 cases run
+        # once, so they warm up on the cheap 32x32 CNN6 instead of paying for a second full run.
+        if name.endswith("128"):
+            warm_model, warm_batch, warm_update = build("cnn6", 32, 3, device)
+            warmup_s = timed_attack(warm_model, warm_update, warm_batch, device=device, solver=solver, dtype=dtype)
+            warmup_s = warmup_s["time_s"]
+            del warm_model, warm_update
+        else:
+            warmup_s = timed_attack(model, update, batch, device=device, solver=solver, dtype=dtype)["time_s"]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_base = torch.cuda.memory_allocated() / 2**20
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    runs = [timed_attack(model, update, batch, solver=solver, dtype=dtype) for _ in range(repeats)]
+    runs = [timed_attack(model, update, batch, device=device, solver=solver, dtype=dtype) for _ in range(repeats)]
     median = statistics.median(r["time_s"] for r in runs)
     closest = min(runs, key=lambda r: abs(r["time_s"] - median))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -89,32 +158,48 @@ def run_case(name: str, solver: str, repeats: int) -> dict:
         "case": name,
         "solver": solver,
         "dtype": dtype,
+        **device_info(device),
         "median_s": median,
         "runs_s": [r["time_s"] for r in runs],
+        "warmup_s": warmup_s,
         "psnr": closest["psnr"],
         "layers": closest["layers"],
         "peak_rss_mb": peak_rss,
         "rss_before_attack_mb": base_rss,
     }
-    if with_reference:
-        ref = timed_attack(model, update, batch, solver="lstsq", dtype="float64")
+    if device == "cuda":
+        out.update(
+            peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20,
+            peak_cuda_reserved_mb=torch.cuda.max_memory_reserved() / 2**20,
+            cuda_before_attack_mb=cuda_base,
+        )
+    if device == "cuda" and name not in REFERENCE_ON_GPU:
+        with_reference = False
+    if with_reference and reference:
+        # Host code whatever the device (the explicit path assembles scipy matrices in float64).
+        ref = timed_attack(model, update, batch, device=device, solver="lstsq", dtype="float64")
         out.update(reference_s=ref["time_s"], reference_psnr=ref["psnr"], speedup=ref["time_s"] / median)
     return out
 
 
 def child_main(args: argparse.Namespace) -> None:
-    print(json.dumps(run_case(args.child, args.solver, args.repeats)))
+    if args.device == "cuda" and args.tf32 != "default":
+        conv_tf32(args.tf32 == "on")
+    print(json.dumps(run_case(args.child, args.solver, args.repeats, args.device, not args.no_reference)))
 
 
 def markdown(rows: list[dict]) -> str:
+    cuda = any(r.get("device") == "cuda" for r in rows)
+    columns = 11 if cuda else 10
     lines = [
         "| case | solver | dtype | median attack time (s) | PSNR (dB) | dense lstsq ref (s) | ref PSNR | speed-up | "
-        "peak RSS (MB) | per-layer time s (iterations) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS (MB) | " + ("peak CUDA alloc (MB) | " if cuda else "") + "per-layer time s (iterations) |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if cuda else ""),
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['case']} | {r['solver']} | | failed: {r['error'][:80]} | | | | | | |")
+            cells = [r["case"], r["solver"], "", f"failed: {r['error'][:80]}"] + [""] * (columns - 4)
+            lines.append("| " + " | ".join(cells) + " |")
             continue
         split = ", ".join(f"{t:.3f}" + (f" ({it})" if it else "") for _, t, it, _ in r["layers"])
         ref = (
@@ -122,11 +207,33 @@ def markdown(rows: list[dict]) -> str:
             if "reference_s" in r
             else ("-", "-", "-")
         )
+        gpu = f"{r['peak_cuda_mb']:.0f} | " if cuda and "peak_cuda_mb" in r else ("- | " if cuda else "")
         lines.append(
             f"| {r['case']} | {r['solver']} | {r['dtype']} | {r['median_s']:.3f} | {r['psnr']:.1f} | {ref[0]} | "
-            f"{ref[1]} | {ref[2]} | {r['peak_rss_mb']:.0f} | {split} |"
+            f"{ref[1]} | {ref[2]} | {r['peak_rss_mb']:.0f} | {gpu}{split} |"
         )
     return "\n".join(lines)
+
+
+def header(rows: list[dict], device: str) -> str:
+    done = [r for r in rows if "error" not in r]
+    if not done:
+        return f"Device: {device} (no case finished)"
+    r = done[0]
+    name = r["device_name"] if device == "cpu" else f"{r['device_name']} (cuda)"
+    extra = f", CUDA {r['cuda']}, {r['conv_fp32']}" if device == "cuda" else ""
+    return f"Device: {name}, torch {r['torch']}{extra}"
+
+
+def write(rows: list[dict], stem: Path, device: str) -> str:
+    table = markdown(rows)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/rgap_speed.py " + " ".join(sys.argv[1:])
+    (stem.parent / (stem.name + ".md")).write_text(
+        f"Command: `{command.strip()}`\n\n{header(rows, device)}\n\n{table}\n"
+    )
+    (stem.parent / (stem.name + ".json")).write_text(json.dumps(rows, indent=1))
+    return table
 
 
 def main() -> None:
@@ -134,28 +241,49 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--solver", default="auto", help="attack.solver for the measured runs")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where model, update and attack run")
+    parser.add_argument("--no-reference", action="store_true", help="skip the dense float64 lstsq reference (host)")
+    parser.add_argument(
+        "--tf32",
+        choices=("off", "on", "default"),
+        default="off",
+        help="cuda: cuDNN TF32 for float32 convs, in the update and the attack (off; on; default: leave torch's)",
+    )
+    parser.add_argument("--case-timeout", type=float, default=None, help="seconds before a case is killed")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results path without suffix (default results/rgap_speed[_cuda])"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(args)
         return
-    rows = []
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch.cuda.is_available() is False")
+    stem = args.out or RESULTS / ("rgap_speed" if args.device == "cpu" else "rgap_speed_cuda")
+    rows: list[dict] = []
     for case in args.cases:
         repeats = 1 if case.endswith("128") else args.repeats
         cmd = [sys.executable, __file__, "--child", case, "--solver", args.solver, "--repeats", str(repeats)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            rows.append({"case": case, "solver": args.solver, "error": proc.stderr.strip().splitlines()[-1]})
+        cmd += ["--device", args.device, "--tf32", args.tf32] + (["--no-reference"] if args.no_reference else [])
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+        except subprocess.TimeoutExpired:
+            rows.append({"case": case, "solver": args.solver, "error": f"timed out after {args.case_timeout:g} s"})
         else:
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"done {case}", file=sys.stderr)
-    table = markdown(rows)
-    print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rgap_speed.md").write_text(
-        "Command: `python benchmarks/rgap_speed.py " + " ".join(sys.argv[1:]) + "`\n\n" + table + "\n"
-    )
-    (RESULTS / "rgap_speed.json").write_text(json.dumps(rows, indent=1))
+            if proc.returncode != 0 or not proc.stdout.strip():
+                lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+                rows.append({"case": case, "solver": args.solver, "error": lines[-1]})
+                print(proc.stderr, file=sys.stderr)
+            else:
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"done {case} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        write(rows, stem, args.device)  # after every case, so a killed run keeps what it measured
+    print(header(rows, args.device) + "\n\n" + write(rows, stem, args.device))
 
 
 if __name__ == "__main__":

@@ -80,9 +80,16 @@ EOF
 
     # cnn6-128 last: it is the slow one (PCG runs to max_iter on its rank-deficient layers).
     step "benchmark on cuda" 330 python3 benchmarks/rgap_speed.py --device cuda --repeats 3 --case-timeout 240 \
-        --cases cnn6-32 cnn6-32-f32 fcn3 fcn3-wide cnn6-64 wide-128 cnn6-128
+        --cases cnn6-32 cnn6-32-f32 fcn3 fcn3-wide cnn6-64 cnn6-64-joint wide-128 cnn6-128
     cp benchmarks/results/rgap_speed_cuda.md benchmarks/results/rgap_speed_cuda.json "$OUT"/ 2>/dev/null ||
         echo "no cuda results to copy"
+
+    # The whole runner (Hydra, client, attack, metrics, files) on the GPU: the project installed as a package so
+    # its configs resolve (pkg://rgap_bench.conf); cnn6 with the default rank=auto, and cnn6d (joint null space).
+    step "CLI on cuda" 150 bash -c 'python3 -m pip install -q --no-index --no-deps --no-build-isolation \
+        --target /tmp/site_pkg . && cd /tmp && for m in cnn6 cnn6d; do
+        PYTHONPATH=/tmp/site_pkg:/tmp/site python3 -m rgap_bench device=cuda logger=none model=$m \
+            hydra.run.dir=/tmp/cli_$m && grep -E "\"(psnr|ssim|attack_time_s|status)\"" /tmp/cli_$m/metrics.json; done'
 
     step "CPU baseline on this machine" 90 python3 benchmarks/rgap_speed.py --device cpu --cases cnn6-32 \
         --repeats 3 --no-reference --case-timeout 80 --out "$OUT/rgap_speed_cpu"

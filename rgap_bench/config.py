@@ -109,6 +109,7 @@ class RGAPConfig:
     solver: str = "auto"  # auto | iterative | dense | sparse | lstsq (the last is the naive reference)
     rank: str = "auto"  # auto | exact | off: numerical rank of each layer's system
     rank_max_unknowns: int = 6000  # auto: exact rank only up to this many unknowns
+    null_max_unknowns: int = 16000  # auto: also up to this many when the counting bound predicts a null space
     refine_steps: int = 2  # iterative-refinement steps after the normal-equation solve
     scale_rows: bool = True  # normalise each constraint row; without it gradient rows drown
     rcond: float = 1e-10  # relative eigenvalue cut-off for rank-deficient normal equations
@@ -147,6 +148,7 @@ class HGAPConfig:
     dtype: str = "float64"  # R-GAP's solve
     rank: str = "auto"  # R-GAP's rank measurement; a deficient layer triggers the matching stage
     rank_max_unknowns: int = 6000
+    null_max_unknowns: int = 16000
     distance: str = "euclidean"
     optimizer: str = "lbfgs"
     lr: float = 1.0

@@ -81,6 +81,19 @@ def test_channel_matrix_and_diagonal_match_the_normal_matrix(case):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_dense_normal_is_the_scaled_normal_matrix(case):
+    system, _ = make_system(*case)
+    g_dense, w_dense = explicit(system)
+    a = torch.cat(
+        [
+            g_dense * system.grad_scale.expand_as(system.weight).reshape(-1, 1),
+            w_dense * system.weight_scale.reshape(-1, 1),
+        ]
+    )
+    assert torch.allclose(system.dense_normal(), a.T @ a, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_preconditioner_inverts_its_block_diagonal(case):
     system, _ = make_system(*case)
     pre = BlockJacobi(system, jitter=0.0)

@@ -30,6 +30,7 @@ class HGAP:
         dtype: str = "float64",
         rank: str = "auto",
         rank_max_unknowns: int = 6000,
+        null_max_unknowns: int = 16000,
         distance: str = "euclidean",
         optimizer: str = "lbfgs",
         lr: float = 1.0,
@@ -47,7 +48,9 @@ class HGAP:
     ) -> None:
         self.name = name
         self.dtype = dtype
-        self.rgap = RGAP(dtype=dtype, rank=rank, rank_max_unknowns=rank_max_unknowns)
+        self.rgap = RGAP(
+            dtype=dtype, rank=rank, rank_max_unknowns=rank_max_unknowns, null_max_unknowns=null_max_unknowns
+        )
         self.box = box
         self.matcher = GradientMatchingAttack(
             name=f"{name}/matching", distance=distance, optimizer=optimizer, lr=lr, max_iterations=max_iterations,

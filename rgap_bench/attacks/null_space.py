@@ -23,6 +23,7 @@ from torch import Tensor
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.constraints import ConstraintBlock, ConvGeometry, conv_constraints, linear_constraints
 from rgap_bench.linalg.lstsq import stack_scaled
+from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, pcg
 from rgap_bench.linalg.spectrum import cholesky_solve
 
 
@@ -96,6 +97,28 @@ def solve_through_null_space(
     act: PiecewiseLinear,
     back_k: Tensor,
     x_min: Tensor,
+    null_basis: Tensor | np.ndarray,
+    *,
+    tol: float = 1e-11,
+    max_pcg_iter: int = 3000,
+    **options,
+) -> JointSolution:
+    """Jointly solve the lower layer's input and the upper layer's null-space coefficients: matrix-free on the
+    weights' device for a conv lower layer (`_ConvJoint`), dense on the host for a linear one."""
+    if geom is not None:
+        joint = _ConvJoint(weight, grad, geom, act, back_k, x_min, null_basis, options.get("scale_rows", True))
+        return _pattern_iteration(joint, tol=tol, max_pcg_iter=max_pcg_iter, **options)
+    null = torch.as_tensor(null_basis).detach().double().cpu().numpy()
+    return solve_dense_through_null_space(weight, grad, geom, act, back_k, x_min, null, **options)
+
+
+def solve_dense_through_null_space(
+    weight: Tensor,
+    grad: Tensor,
+    geom: ConvGeometry | None,
+    act: PiecewiseLinear,
+    back_k: Tensor,
+    x_min: Tensor,
     null_basis: np.ndarray,
     *,
     max_iter: int = 25,
@@ -142,6 +165,133 @@ def solve_through_null_space(
             residual = system.full_residual(sol)
             if residual < best.residual_rel:
                 best = JointSolution(sol[: system.n_lower], candidate, residual, iterations, 0)
+            break
+        drop |= flips
+    best.iterations = iterations
+    return best
+
+
+class _ConvJoint:
+    """The joint system of a conv lower layer, matrix-free: unknowns x (the lower layer's input) and a.
+
+    For a fixed LeakyReLU pattern the weight rows read W x - N a / slope = x_min / slope. With the rows scaled,
+    M = D_w diag(1/slope) N has only d columns, so a = M^+ (D_w W x - D_w z_min) is eliminated: what is left for x
+    is the layer's own system with the weight rows' residual projected off range(M), solved by PCG with the
+    layer's block-Jacobi preconditioner (the projection changes the operator by rank d).
+    """
+
+    def __init__(self, weight, grad, geom, act, back_k, x_min, null, scale_rows):
+        self.device = weight.device
+        as64 = {"device": self.device, "dtype": torch.float64}
+        self.weight, self.grad = weight.detach().to(**as64), grad.detach().to(**as64)
+        self.geom, self.act, self.scale_rows = geom, act, scale_rows
+        self.out_shape = (weight.shape[0], *geom.out_hw)
+        self.back_k = back_k.detach().to(**as64).reshape(-1)
+        self.x_min = x_min.detach().to(**as64).reshape(-1)
+        self.null = torch.as_tensor(null).detach().to(**as64)
+        self.n_lower = int(np.prod(geom.in_shape))
+
+    def system(self, x_upper: Tensor, drop: Tensor | None = None, with_gradient: bool = True) -> ConvSystem:
+        slope = self.act.derivative(self.act.inverse(x_upper))
+        k = (self.back_k * slope).reshape(self.out_shape)
+        z_min = (self.x_min / slope).reshape(self.out_shape)
+        system = ConvSystem(self.weight, k, self.grad, z_min, self.geom, self.scale_rows)
+        if drop is not None:
+            system.weight_scale = system.weight_scale * (~drop).reshape(self.out_shape)
+        if not with_gradient:
+            system.grad_scale = torch.zeros_like(system.grad_scale)
+        system.null_columns = system.weight_scale.reshape(-1, 1) * self.null / slope[:, None]  # M
+        return system
+
+    def solve(self, system: ConvSystem, x0: Tensor | None, tol: float, max_iter: int) -> tuple[Tensor, Tensor]:
+        """x by PCG on the projected normal equations, then a = M^+ (weight residual); returns (x, x_upper)."""
+        u, sv, vh = torch.linalg.svd(system.null_columns, full_matrices=False)
+        keep = sv > 1e-12 * sv[0]
+        q = u[:, keep]
+
+        def project_off(y: Tensor) -> Tensor:
+            flat = y.reshape(-1)
+            return (flat - q @ (q.T @ flat)).reshape(y.shape)
+
+        zs = system.z * system.weight_scale
+
+        def normal(x: Tensor) -> Tensor:
+            return system.grad_rows_adjoint(system.grad_rows(x)) + system.weight_rows_adjoint(
+                project_off(system.weight_rows(x))
+            )
+
+        rhs = system.grad_rows_adjoint(system.grad * system.grad_scale) + system.weight_rows_adjoint(project_off(zs))
+        result = pcg(normal, rhs, BlockJacobi(system), tol=tol, max_iter=max_iter, x0=x0)
+        x = result.x
+        weight_residual = (system.weight_rows(x) - zs).reshape(-1)
+        coef = vh[keep].T @ ((u[:, keep].T @ weight_residual) / sv[keep])
+        return x, self.x_min + self.null @ coef
+
+    def full_residual(self, x: Tensor, x_upper: Tensor) -> float:
+        """Residual of every equation under the pattern that x_upper itself implies."""
+        slope = self.act.derivative(self.act.inverse(x_upper))
+        system = ConvSystem(
+            self.weight,
+            (self.back_k * slope).reshape(self.out_shape),
+            self.grad,
+            (x_upper / slope).reshape(self.out_shape),
+            self.geom,
+            self.scale_rows,
+        )
+        return system.residual_rel(x)
+
+
+def _pattern_iteration(
+    joint: _ConvJoint,
+    *,
+    tol: float,
+    max_pcg_iter: int,
+    max_iter: int = 25,
+    damping: float = 0.5,
+    polish_iter: int = 15,
+    scale_rows: bool = True,
+    settled_tol: float = 1e-6,
+    loose_tol: float = 1e-7,
+) -> JointSolution:
+    """The damped pattern fixed point and the polish of `solve_dense_through_null_space`, on `_ConvJoint`."""
+    x_upper = joint.x_min.clone()
+    x = None
+    best: JointSolution | None = None
+    history: list[Tensor] = []
+    iterations = 0
+    loose = max(tol, loose_tol)  # while the pattern still moves, a loose solve is enough
+    for _ in range(max_iter):
+        iterations += 1
+        system = joint.system(x_upper)
+        x, candidate = joint.solve(system, x, loose, max_pcg_iter)
+        flips = (candidate < 0) != (x_upper < 0)
+        history.append(flips)
+        n_flips = int(flips.sum())
+        if n_flips == 0 and loose > tol:
+            x, candidate = joint.solve(system, x, tol, max_pcg_iter)  # settled: solve this pattern exactly
+        residual = joint.full_residual(x, candidate)
+        if best is None or residual < best.residual_rel:
+            best = JointSolution(x.reshape(-1), candidate, residual, iterations, n_flips)
+        if n_flips == 0:
+            if residual < settled_tol:
+                return best
+            break  # a self-consistent pattern that does not fit every equation: a wrong one, polish below
+        x_upper = x_upper + damping * (candidate - x_upper)
+    drop = torch.stack(history[-6:]).any(0)
+    d = joint.null.shape[1]
+    for _ in range(polish_iter):
+        if int((~drop).sum()) - d < joint.n_lower:
+            break  # too few weight rows left to determine x and a without the gradient rows
+        iterations += 1
+        system = joint.system(x_upper, drop, with_gradient=False)
+        x, candidate = joint.solve(system, x, loose, max_pcg_iter)
+        flips = (candidate < 0) != (x_upper < 0)
+        x_upper = candidate
+        if not bool(flips.any()):
+            x, candidate = joint.solve(system, x, tol, max_pcg_iter)
+            residual = joint.full_residual(x, candidate)
+            if residual < best.residual_rel:
+                best = JointSolution(x.reshape(-1), candidate, residual, iterations, 0)
             break
         drop |= flips
     best.iterations = iterations

@@ -23,6 +23,7 @@ from rgap_bench.linalg.activations import PiecewiseLinear, invertible_activation
 from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
 from rgap_bench.linalg.lstsq import dense_lstsq, solve_blocks
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem, cpu_threads, pcg
+from rgap_bench.linalg.spectrum import factor_normal
 from rgap_bench.models.layers import SequentialNet
 from rgap_bench.rank.counts import conv_counts
 from rgap_bench.types import ClientUpdate, LayerReport, Reconstruction
@@ -94,6 +95,7 @@ class RGAP:
         solver: str = "auto",
         rank: str = "auto",
         rank_max_unknowns: int = 6000,
+        null_max_unknowns: int = 16000,
         refine_steps: int = 2,
         scale_rows: bool = True,
         rcond: float = 1e-10,
@@ -112,6 +114,7 @@ class RGAP:
         self.solver = solver
         self.rank = rank
         self.rank_max_unknowns = rank_max_unknowns
+        self.null_max_unknowns = null_max_unknowns
         self.refine_steps = refine_steps
         self.scale_rows = scale_rows
         self.rcond = rcond
@@ -258,7 +261,9 @@ class RGAP:
         )
         return grad_in[0]
 
-    def _solve_layer(self, layer: _Layer, k: Tensor, z: Tensor) -> tuple[Tensor, LayerReport, np.ndarray | None]:
+    def _solve_layer(
+        self, layer: _Layer, k: Tensor, z: Tensor
+    ) -> tuple[Tensor, LayerReport, Tensor | np.ndarray | None]:
         start = time.perf_counter()
         weight = layer.op.weight.detach().to(self.dtype)
         n = int(np.prod(layer.in_shape))
@@ -267,7 +272,9 @@ class RGAP:
         # A linear layer's gradient rows alone pin x down (rank n) as soon as one k[j] != 0: no need to measure.
         determined_by_gradient = not is_conv and bool(torch.any(k != 0))
         want_rank = self.rank == "exact" or (
-            self.rank == "auto" and n <= self.rank_max_unknowns and not determined_by_gradient
+            self.rank == "auto"
+            and not determined_by_gradient
+            and (n <= self.rank_max_unknowns or self._null_expected(layer, n))
         )
         method = self._method(is_conv, want_rank)
         iterations = None
@@ -296,6 +303,16 @@ class RGAP:
                     iterations,
                     n,
                 )
+        elif method == "dense" and is_conv:
+            system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, self.scale_rows)
+            hint = _predicted_deficiency(layer) if want_rank else 0
+            factor = factor_normal(system.dense_normal(), self.rcond, want_rank, hint)
+            rhs = system.normal_rhs()
+            x = factor.solve(rhs.reshape(-1)).reshape(geom.in_shape)
+            for _ in range(self.refine_steps):  # against the operator, so the normal matrix's rounding washes out
+                x = x + factor.solve((rhs - system.normal(x)).reshape(-1)).reshape(geom.in_shape)
+            rank, sigma_min, label, null_basis = factor.rank, factor.sigma_min_rel, factor.label, factor.null_basis
+            residual = system.residual_rel(x)
         else:
             x, residual, rank, sigma_min, label, null_basis = self._solve_explicit(
                 layer, weight, k, z, geom, method, want_rank
@@ -322,13 +339,23 @@ class RGAP:
         return x.reshape(layer.in_shape), report, null_basis
 
     def _solve_jointly(
-        self, layer: _Layer, back_k: Tensor, x_upper: Tensor, null_basis: np.ndarray, upper_report: LayerReport
+        self, layer: _Layer, back_k: Tensor, x_upper: Tensor, null_basis: Tensor | np.ndarray, upper_report: LayerReport
     ) -> tuple[Tensor, Tensor, LayerReport]:
         """Solve this layer together with the null-space coefficients of the deficient layer above it."""
         start = time.perf_counter()
         op = layer.op
         geom = _geometry(layer)
-        joint = solve_through_null_space(op.weight, layer.grad, geom, layer.act, back_k, x_upper, null_basis)
+        joint = solve_through_null_space(
+            op.weight,
+            layer.grad,
+            geom,
+            layer.act,
+            back_k,
+            x_upper,
+            null_basis,
+            tol=self.tol,
+            max_pcg_iter=self.max_iter,
+        )
         device = layer.grad.device
         x_upper_new = joint.x_upper.to(device, self.dtype).reshape(layer.out_shape)
         k = back_k * layer.act.derivative(layer.act.inverse(x_upper_new))
@@ -352,6 +379,13 @@ class RGAP:
             ),
         )
         return joint.x_lower.to(device, self.dtype).reshape(layer.in_shape), k, report
+
+    def _null_expected(self, layer: _Layer, n: int) -> bool:
+        """A larger layer goes dense too when the counting bound predicts a null space that the layer below can
+        absorb: only the dense path finds the null space to carry down."""
+        if not self.carry_null_space or layer.index == 0 or n > self.null_max_unknowns:
+            return False
+        return _predicted_deficiency(layer) > 0
 
     def _method(self, is_conv: bool, want_rank: bool) -> str:
         """auto: closed form for linear layers, PCG for convs, the explicit dense path when a rank is wanted."""

@@ -15,10 +15,9 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
-from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConstraintBlock
-from rgap_bench.linalg.spectrum import cholesky_solve, low_spectrum
+from rgap_bench.linalg.spectrum import factor_normal
 
 
 @dataclass
@@ -57,38 +56,15 @@ def _dense_factor(
     device: torch.device | str = "cpu",
     null_hint: int = 0,
 ) -> tuple[Callable[[np.ndarray], np.ndarray], int | None, float | None, str, np.ndarray | None]:
-    """Factorise the normal matrix on `device`: plain Cholesky, or (rank wanted, or Cholesky failed) one shifted
-    Cholesky that also yields the rank and the null space (`spectrum.low_spectrum`)."""
+    """Factorise the normal matrix on `device` (`spectrum.factor_normal`), with host arrays in and out."""
     gram = torch.from_numpy(normal).to(device=device, dtype=dtype)
+    factor = factor_normal(gram, rcond, want_rank, null_hint)
 
-    def to_host(x: Tensor) -> np.ndarray:
-        return x.double().cpu().numpy()
+    def solve(r: np.ndarray) -> np.ndarray:
+        return factor.solve(torch.from_numpy(r).to(gram)).double().cpu().numpy()
 
-    if not want_rank:
-        chol, info = torch.linalg.cholesky_ex(gram)
-        if int(info) == 0:
-
-            def solve(r: np.ndarray) -> np.ndarray:
-                return to_host(cholesky_solve(torch.from_numpy(r).to(gram)[:, None], chol)[:, 0])
-
-            return solve, None, None, "dense-cholesky", None
-    spectrum = low_spectrum(gram, rcond, null_hint=null_hint)
-    if spectrum.rank == gram.shape[0] and spectrum.sigma_min_rel**2 < 1e3 * spectrum.shift / spectrum.top:
-        # Full rank but close to the threshold: the shifted factor would converge slowly, factorise G itself.
-        chol, info = torch.linalg.cholesky_ex(gram)
-        if int(info) == 0:
-
-            def solve_full(r: np.ndarray) -> np.ndarray:
-                return to_host(cholesky_solve(torch.from_numpy(r).to(gram)[:, None], chol)[:, 0])
-
-            return solve_full, spectrum.rank, spectrum.sigma_min_rel, "dense-cholesky", None
-
-    def solve_pinv(r: np.ndarray) -> np.ndarray:
-        return to_host(spectrum.solve(torch.from_numpy(r).to(gram), gram=gram))
-
-    null = spectrum.null_basis
-    label = "dense-shifted-cholesky" + ("-pinv" if null.shape[1] else "")  # refined against G in every solve
-    return solve_pinv, spectrum.rank, spectrum.sigma_min_rel, label, to_host(null) if null.shape[1] else None
+    null = None if factor.null_basis is None else factor.null_basis.double().cpu().numpy()
+    return solve, factor.rank, factor.sigma_min_rel, factor.label, null
 
 
 def solve_blocks(

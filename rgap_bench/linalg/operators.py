@@ -110,6 +110,25 @@ class ConvSystem:
         dense.index_put_((rows[valid], cols[valid]), values.expand(-1, taps, -1)[valid], accumulate=True)
         return dense
 
+    def dense_normal(self) -> Tensor:
+        """The scaled normal matrix A^T A as a dense (n, n) tensor on the system's device, by index arithmetic:
+        I_C (x) K^T K for the gradient rows plus one (C kh kw)^2 patch block per output position for the weight
+        rows. For the rank and the null space of layers small enough to factorise densely."""
+        c, h, w = self.geom.in_shape
+        kmat = self.channel_matrix()
+        gram = torch.block_diag(*([kmat.T @ kmat] * c))
+        if self.z is not None:
+            filters = self.weight.shape[0]
+            rows = conv_patch_index(self.geom).to(self.k.device).T  # (L, P): P = C*kh*kw unknowns per position
+            wflat = self.weight.reshape(filters, -1)  # (F, P)
+            s2 = (self.weight_scale**2).reshape(filters, -1)  # (F, L)
+            blocks = (wflat.T[None] * s2.T[:, None, :]) @ wflat  # (L, P, P): sum_f s_fl^2 w_f w_f^T
+            valid = rows >= 0
+            pair = valid[:, :, None] & valid[:, None, :]
+            flat = rows[:, :, None] * (c * h * w) + rows[:, None, :]
+            gram.view(-1).index_add_(0, flat[pair], blocks[pair])
+        return gram
+
     def weight_diagonal(self) -> Tensor:
         """Exact diagonal of W^T D_w^2 W, per interior input entry (C, H, W)."""
         if self.z is None:

@@ -69,6 +69,9 @@ class LayerReport:
     iterations: int | None = None  # iterative solvers only
     time_s: float = 0.0
     note: str = ""
+    # joint null-space solve only: whether the LeakyReLU pattern of the deficient layer's input settled, i.e. the
+    # solution is consistent with every equation of both layers (None for every other solve)
+    pattern_settled: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -191,3 +191,26 @@ def test_null_space_of_a_deficient_layer_is_carried_into_the_layer_below(seed):
     assert carried.layers[0].solver == "joint-null-space"
     assert carried.layers[0].residual_rel < plain.layers[0].residual_rel / 3
     assert psnr(carried.inputs, batch.inputs) > psnr(plain.inputs, batch.inputs) + 5
+
+
+def test_auto_goes_dense_where_the_bound_predicts_a_null_space():
+    """rank=auto: a layer above rank_max_unknowns still gets the dense path (and the joint solve below it) when
+    the counting bound predicts free directions and it fits under null_max_unknowns."""
+    torch.manual_seed(0)
+    model = build_convnet(
+        [
+            {"kind": "conv", "out": 8, "kernel": 3, "stride": 1, "padding": 1},
+            {"kind": "conv", "out": 2, "kernel": 3, "stride": 2, "padding": 1},
+            {"kind": "linear", "out": 1, "activation": "identity"},
+        ],
+        in_channels=1,
+        image_size=8,
+    )
+    batch = photo_batch(image_size=8, channels=1, index=0)
+    update = make_update(model, batch)
+    carried = attack(model, update, rank="auto", rank_max_unknowns=100, null_max_unknowns=10_000)
+    assert carried.layers[1].rank_deficiency == 340  # 512 unknowns > rank_max_unknowns, measured anyway
+    assert carried.layers[0].solver == "joint-null-space"
+    plain = attack(model, update, rank="auto", rank_max_unknowns=100, null_max_unknowns=0)
+    assert plain.layers[1].rank is None and plain.layers[1].solver == "pcg-blockjacobi"
+    assert psnr(carried.inputs, batch.inputs) > psnr(plain.inputs, batch.inputs) + 5

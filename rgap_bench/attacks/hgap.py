@@ -68,6 +68,12 @@ class HGAP:
         if closed is not None and not deficient:
             closed.info["hgap"] = {"stage": "rgap", "deficient_layers": []}
             return closed
+        joint = [] if closed is None else [r.pattern_settled for r in closed.layers if r.pattern_settled is not None]
+        if deficient and len(joint) == len(deficient) and all(joint):
+            # Every deficient layer was completed jointly with a settled activation pattern: R-GAP's answer fits
+            # every equation, and matching could only trade it for float32 rounding.
+            closed.info["hgap"] = {"stage": "rgap-joint", "deficient_layers": deficient}
+            return closed
         if deficient:
             log.info("%s: layers %s are rank-deficient; refining by gradient matching", self.name, deficient)
         target = MatchingTarget.from_update(model, update, self.matcher.dtype)
@@ -78,8 +84,11 @@ class HGAP:
         matched.info["hgap"] = {"stage": "matching", "deficient_layers": deficient}
         if closed is None:
             return matched
-        rgap_distance = target.distance(closed.inputs, closed.labels, soft=False, metric=self.matcher.distance)
-        matched_distance = matched.info["gradient_distance"]
+        # Judge both in float64: near an exact solution the float32 matching loss is rounding noise, and it would
+        # hand the win to a matched image that is worse than the closed-form one.
+        judge = MatchingTarget.from_update(model, update, "float64")
+        rgap_distance = judge.distance(closed.inputs, closed.labels, soft=False, metric=self.matcher.distance)
+        matched_distance = judge.distance(matched.inputs, matched.labels, soft=False, metric=self.matcher.distance)
         winner = closed if rgap_distance <= matched_distance else matched
         winner.layers = closed.layers
         winner.info["hgap"] = {

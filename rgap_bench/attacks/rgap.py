@@ -297,16 +297,19 @@ class RGAP:
                     "layer %d: PCG stopped at relative normal residual %.1e after %d iterations (attack.max_iter); "
                     "the layer may be rank-deficient (check with python -m rgap_bench.rank). To measure its rank and "
                     "solve its null space jointly with the layer below, use attack.rank=auto with "
-                    "attack.rank_max_unknowns >= %d (dense, slow for large layers)",
+                    "attack.rank_max_unknowns >= %d (a dense %d x %d normal matrix: %.1f GB)",
                     layer.index,
                     result.normal_residual_rel,
                     iterations,
                     n,
+                    n,
+                    n,
+                    8 * n * n / 1e9,
                 )
         elif method == "dense" and is_conv:
             system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, self.scale_rows)
             hint = _predicted_deficiency(layer) if want_rank else 0
-            factor = factor_normal(system.dense_normal(), self.rcond, want_rank, hint)
+            factor = factor_normal(system.dense_normal(), self.rcond, want_rank, hint, refine_steps=1)
             rhs = system.normal_rhs()
             x = factor.solve(rhs.reshape(-1)).reshape(geom.in_shape)
             for _ in range(self.refine_steps):  # against the operator, so the normal matrix's rounding washes out
@@ -372,6 +375,7 @@ class RGAP:
             residual_rel=joint.residual_rel,
             solver="joint-null-space",
             iterations=joint.iterations,
+            pattern_settled=joint.pattern_changes == 0,
             time_s=time.perf_counter() - start,
             note=(
                 f"solved with the {null_basis.shape[1]} undetermined directions of layer {layer.index + 1}; "

@@ -52,7 +52,7 @@ class LowSpectrum:
         return x - self.null_basis @ (self.null_basis.T @ x)
 
 
-def largest_eigenvalue(gram: Tensor, steps: int = 12, block: int = 4, seed: int = 0) -> float:
+def largest_eigenvalue(gram: Tensor, steps: int = 8, block: int = 4, seed: int = 0) -> float:
     """Block power iteration; a few percent of accuracy is all a relative rank threshold needs."""
     gen = torch.Generator(device=gram.device).manual_seed(seed)
     v = torch.randn(gram.shape[0], block, dtype=gram.dtype, device=gram.device, generator=gen)
@@ -117,7 +117,9 @@ class NormalFactor:
     null_basis: Tensor | None  # (n, n - rank), None when full rank or not measured
 
 
-def factor_normal(gram: Tensor, rcond: float, want_rank: bool, null_hint: int = 0) -> NormalFactor:
+def factor_normal(
+    gram: Tensor, rcond: float, want_rank: bool, null_hint: int = 0, refine_steps: int = 4
+) -> NormalFactor:
     """Plain Cholesky when no rank is wanted (and it succeeds); otherwise one shifted Cholesky that also yields the
     rank and the null space, plus an unshifted one when the matrix is full rank but close to the threshold."""
 
@@ -138,6 +140,6 @@ def factor_normal(gram: Tensor, rcond: float, want_rank: bool, null_hint: int = 
     label = "dense-shifted-cholesky" + ("" if full else "-pinv")  # refined against G in every solve
 
     def solve(r: Tensor) -> Tensor:
-        return spectrum.solve(r, gram=gram)
+        return spectrum.solve(r, steps=refine_steps, gram=gram)
 
     return NormalFactor(solve, spectrum.rank, spectrum.sigma_min_rel, label, None if full else spectrum.null_basis)

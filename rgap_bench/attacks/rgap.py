@@ -65,6 +65,29 @@ def _predicted_deficiency(layer: _Layer) -> int:
     return max(counts.predicted_deficiency, 0)
 
 
+def _dense_memory(n: int, dtype: torch.dtype, device: torch.device) -> tuple[float, float | None]:
+    """Bytes the dense path holds at its peak (the normal matrix, its shifted copy, the factor) and the bytes free on
+    the device (None where unknown)."""
+    need = 3.0 * n * n * torch.empty((), dtype=dtype).element_size()
+    if device.type == "cuda":
+        return need, float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return need, float(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return need, None
+
+
+def _logged(report: LayerReport) -> LayerReport:
+    """One progress line per solved layer (large inputs take minutes; the log says where the attack is)."""
+    iterations = f", {report.iterations} iterations" if report.iterations else ""
+    residual = f", residual {report.residual_rel:.1e}" if report.residual_rel is not None else ""
+    log.info("layer %d (%s): %s%s%s, %.2f s", report.index, report.layer, report.solver, iterations, residual,
+             report.time_s)  # fmt: skip
+    return report
+
+
 def choose_candidate(candidates: list[Reconstruction], tolerance: float = 10.0) -> Reconstruction:
     """Pick among (label, root) hypotheses: the most consistent, then the one inside the image range.
 
@@ -223,14 +246,14 @@ class RGAP:
                 if null_basis is not None:
                     x_next, k, report = self._solve_jointly(layer, back_k, x_next, null_basis, reports[-1])
                     null_basis = None
-                    reports.append(report)
+                    reports.append(_logged(report))
                     continue
                 z = layer.act.inverse(x_next.reshape(layer.out_shape))
                 k = back_k * layer.act.derivative(z)
             x_next, report, null_basis = self._solve_layer(layer, k, z)
             if not self.carry_null_space or layer.index == 0:
                 null_basis = None
-            reports.append(report)
+            reports.append(_logged(report))
         reports.reverse()
         residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
         image = x_next.reshape(1, *layers[0].in_shape).float().cpu()
@@ -277,6 +300,15 @@ class RGAP:
             and (n <= self.rank_max_unknowns or self._null_expected(layer, n))
         )
         method = self._method(is_conv, want_rank)
+        if method == "dense" and is_conv and self.rank == "auto" and self.solver == "auto":
+            need, free = _dense_memory(n, self.dtype, weight.device)
+            if free is not None and need > 0.8 * free:
+                log.warning(
+                    "layer %d: the dense normal matrix (%d unknowns) needs ~%.1f GB, %.1f GB are free; solving "
+                    "it iteratively without its rank or null space (lower attack.null_max_unknowns to silence this)",
+                    layer.index, n, need / 1e9, free / 1e9,
+                )  # fmt: skip
+                want_rank, method = False, "pcg"
         iterations = None
         rank = n if determined_by_gradient else None
         sigma_min = null_basis = None

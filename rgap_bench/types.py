@@ -69,8 +69,8 @@ class LayerReport:
     iterations: int | None = None  # iterative solvers only
     time_s: float = 0.0
     note: str = ""
-    # joint null-space solve only: whether the LeakyReLU pattern of the deficient layer's input settled, i.e. the
-    # solution is consistent with every equation of both layers (None for every other solve)
+    # joint null-space solve only: whether the LeakyReLU pattern of the deficient layer's input settled with a
+    # solution that fits every equation of both layers (residual < 1e-3; None for every other solve)
     pattern_settled: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:

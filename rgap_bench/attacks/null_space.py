@@ -26,6 +26,8 @@ from rgap_bench.linalg.lstsq import stack_scaled
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, pcg
 from rgap_bench.linalg.spectrum import cholesky_solve
 
+CONSISTENT_RESIDUAL = 1e-3  # a settled pattern whose solution leaves more than this is a wrong pattern
+
 
 @dataclass
 class JointSolution:
@@ -34,6 +36,11 @@ class JointSolution:
     residual_rel: float
     iterations: int
     pattern_changes: int  # sign flips in the last iteration (0: the pattern settled)
+
+    @property
+    def consistent(self) -> bool:
+        """The pattern settled and its solution fits every equation of both layers."""
+        return self.pattern_changes == 0 and self.residual_rel < CONSISTENT_RESIDUAL
 
 
 def _augment(blocks: list[ConstraintBlock], extra: np.ndarray) -> list[ConstraintBlock]:
@@ -191,7 +198,10 @@ class _ConvJoint:
         self.null = torch.as_tensor(null).detach().to(**as64)
         self.n_lower = int(np.prod(geom.in_shape))
 
-    def system(self, x_upper: Tensor, drop: Tensor | None = None, with_gradient: bool = True) -> ConvSystem:
+    def system(
+        self, x_upper: Tensor, drop: Tensor | None = None, with_gradient: bool = True
+    ) -> tuple[ConvSystem, Tensor]:
+        """The layer's scaled system under x_upper's pattern, and M (the null-space columns of its weight rows)."""
         slope = self.act.derivative(self.act.inverse(x_upper))
         k = (self.back_k * slope).reshape(self.out_shape)
         z_min = (self.x_min / slope).reshape(self.out_shape)
@@ -200,12 +210,14 @@ class _ConvJoint:
             system.weight_scale = system.weight_scale * (~drop).reshape(self.out_shape)
         if not with_gradient:
             system.grad_scale = torch.zeros_like(system.grad_scale)
-        system.null_columns = system.weight_scale.reshape(-1, 1) * self.null / slope[:, None]  # M
-        return system
+        return system, system.weight_scale.reshape(-1, 1) * self.null / slope[:, None]
 
-    def solve(self, system: ConvSystem, x0: Tensor | None, tol: float, max_iter: int) -> tuple[Tensor, Tensor]:
+    def solve(
+        self, system: tuple[ConvSystem, Tensor], x0: Tensor | None, tol: float, max_iter: int
+    ) -> tuple[Tensor, Tensor]:
         """x by PCG on the projected normal equations, then a = M^+ (weight residual); returns (x, x_upper)."""
-        u, sv, vh = torch.linalg.svd(system.null_columns, full_matrices=False)
+        system, null_columns = system
+        u, sv, vh = torch.linalg.svd(null_columns, full_matrices=False)
         keep = sv > 1e-12 * sv[0]
         q = u[:, keep]
 

@@ -407,11 +407,11 @@ class RGAP:
             residual_rel=joint.residual_rel,
             solver="joint-null-space",
             iterations=joint.iterations,
-            pattern_settled=joint.pattern_changes == 0,
+            pattern_settled=joint.consistent,
             time_s=time.perf_counter() - start,
             note=(
                 f"solved with the {null_basis.shape[1]} undetermined directions of layer {layer.index + 1}; "
-                f"activation pattern {'settled' if joint.pattern_changes == 0 else 'not settled'}"
+                f"activation pattern {'settled' if joint.consistent else 'not settled'}"
             ),
         )
         return joint.x_lower.to(device, self.dtype).reshape(layer.in_shape), k, report

@@ -1,0 +1,37 @@
+"""The joint null-space solve recovers both layers exactly when the activation pattern is known up to the null part."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rgap_bench.attacks.null_space import solve_dense_through_null_space, solve_through_null_space
+from rgap_bench.linalg.activations import PiecewiseLinear
+from rgap_bench.linalg.constraints import ConvGeometry
+
+
+def _two_layer_problem(seed: int = 0, d: int = 5):
+    gen = torch.Generator().manual_seed(seed)
+    act = PiecewiseLinear(0.2)
+    geom = ConvGeometry((2, 6, 6), (3, 3), (1, 1), (1, 1))
+    weight = torch.randn(4, 2, 3, 3, dtype=torch.float64, generator=gen)
+    x_lower = torch.rand(2, 6, 6, dtype=torch.float64, generator=gen)
+    z = F.conv2d(x_lower[None], weight, padding=1)[0]
+    x_upper = torch.where(z < 0, 0.2 * z, z).reshape(-1)
+    back_k = torch.randn(x_upper.shape, dtype=torch.float64, generator=gen)  # dL/d(x_upper), from the layer above
+    k_lower = (back_k * act.derivative(act.inverse(x_upper))).reshape(z.shape)
+    grad = torch.nn.grad.conv2d_weight(x_lower[None], weight.shape, k_lower[None], padding=1)
+    null = torch.linalg.qr(torch.randn(x_upper.numel(), d, dtype=torch.float64, generator=gen)).Q
+    # The deficient layer's minimum-norm answer misses x_upper by a null-space component small enough to keep signs.
+    offset = null @ torch.randn(d, dtype=torch.float64, generator=gen)
+    offset *= 0.5 * float(x_upper.abs().min()) / float(offset.abs().max())
+    return weight, grad, geom, act, back_k, x_upper - offset, null, x_lower, x_upper
+
+
+@pytest.mark.parametrize("solver", [solve_through_null_space, solve_dense_through_null_space])
+def test_joint_solve_recovers_both_layers(solver):
+    weight, grad, geom, act, back_k, x_min, null, x_lower, x_upper = _two_layer_problem()
+    null_arg = null if solver is solve_through_null_space else null.numpy()
+    joint = solver(weight, grad, geom, act, back_k, x_min, null_arg)
+    assert joint.consistent and joint.residual_rel < 1e-8
+    assert torch.allclose(joint.x_lower.reshape(x_lower.shape).double().cpu(), x_lower, atol=1e-7)
+    assert torch.allclose(joint.x_upper.double().cpu(), x_upper, atol=1e-7)

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rgap_bench.attacks.null_space import solve_dense_through_null_space, solve_through_null_space
+from rgap_bench.attacks.null_space import solve_through_null_space
+from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.constraints import ConvGeometry
 
@@ -27,11 +28,16 @@ def _two_layer_problem(seed: int = 0, d: int = 5):
     return weight, grad, geom, act, back_k, x_upper - offset, null, x_lower, x_upper
 
 
-@pytest.mark.parametrize("solver", [solve_through_null_space, solve_dense_through_null_space])
-def test_joint_solve_recovers_both_layers(solver):
-    weight, grad, geom, act, back_k, x_min, null, x_lower, x_upper = _two_layer_problem()
-    null_arg = null if solver is solve_through_null_space else null.numpy()
-    joint = solver(weight, grad, geom, act, back_k, x_min, null_arg)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_joint_solve_recovers_both_layers(seed):
+    weight, grad, geom, act, back_k, x_min, null, x_lower, x_upper = _two_layer_problem(seed)
+    joint = solve_through_null_space(weight, grad, geom, act, back_k, x_min, null)
     assert joint.consistent and joint.residual_rel < 1e-8
     assert torch.allclose(joint.x_lower.reshape(x_lower.shape).double().cpu(), x_lower, atol=1e-7)
     assert torch.allclose(joint.x_upper.double().cpu(), x_upper, atol=1e-7)
+
+
+def test_a_linear_layer_below_is_refused_with_advice():
+    weight, grad, _, act, back_k, x_min, null, _, _ = _two_layer_problem()
+    with pytest.raises(UnsupportedModelError, match="carry_null_space=false"):
+        solve_through_null_space(weight, grad, None, act, back_k, x_min, null)

@@ -251,8 +251,8 @@ class RGAP:
                 z = layer.act.inverse(x_next.reshape(layer.out_shape))
                 k = back_k * layer.act.derivative(z)
             x_next, report, null_basis = self._solve_layer(layer, k, z)
-            if not self.carry_null_space or layer.index == 0:
-                null_basis = None
+            if not self.carry_null_space or layer.index == 0 or not isinstance(layers[layer.index - 1].op, nn.Conv2d):
+                null_basis = None  # the joint solve needs a conv below (a linear layer is never deficient anyway)
             reports.append(_logged(report))
         reports.reverse()
         residuals = [r.residual_rel for r in reports if r.residual_rel is not None]

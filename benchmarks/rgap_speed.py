@@ -295,7 +295,7 @@ def main() -> None:
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"done {case} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         write(rows, stem, args.device)  # after every case, so a killed run keeps what it measured
-    print(header(rows, args.device) + "\n\n" + write(rows, stem, args.device))
+    print(header(rows, args.device) + "\n\n" + markdown(rows))  # the files were written after the last case
 
 
 if __name__ == "__main__":

@@ -93,6 +93,15 @@ def test_dense_normal_is_the_scaled_normal_matrix(case):
     assert torch.allclose(system.dense_normal(), a.T @ a, atol=1e-12)
 
 
+def test_full_rank_bound_is_a_lower_bound_on_the_relative_spectrum():
+    tall, _ = make_system((3, 5, 5), 8, (3, 3), (1, 1), (1, 1))  # K: 72 x 25, full column rank
+    eig = torch.linalg.eigvalsh(tall.dense_normal())
+    bound = tall.full_rank_bound()
+    assert bound is not None and 0 < bound <= float(eig[0] / eig[-1])
+    wide, _ = make_system(*CASES[0])  # K: 27 x 36, a channel is not determined by its gradient rows
+    assert wide.full_rank_bound() is None
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_preconditioner_inverts_its_block_diagonal(case):
     system, _ = make_system(*case)

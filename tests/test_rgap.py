@@ -27,6 +27,24 @@ def test_cnn6_exact_on_an_embedded_photo():
     assert all(layer.residual_rel < 1e-4 for layer in rec.layers)
 
 
+def test_full_rank_proven_by_the_gradient_rows_agrees_with_the_dense_rank():
+    """rank=auto skips the dense factorisation where the gradient rows alone prove a layer full rank; the dense
+    measurement (rank=exact) must find the same full rank there."""
+    torch.manual_seed(0)
+    model = cnn6(image_size=16)
+    batch = photo_batch(image_size=16)
+    update = make_update(model, batch)
+    auto = attack(model, update, rank="auto")
+    exact = attack(model, update, rank="exact")
+    proven = [i for i, layer in enumerate(auto.layers) if "proven by the gradient rows" in layer.note]
+    assert len(proven) >= 3
+    for i in proven:
+        assert auto.layers[i].solver == "pcg-blockjacobi"
+        assert auto.layers[i].rank == exact.layers[i].rank == auto.layers[i].unknowns
+    assert exact.layers[proven[0]].solver.startswith("dense")
+    assert psnr(auto.inputs, batch.inputs) >= 60
+
+
 def test_fcn3_exact_on_an_embedded_digit():
     torch.manual_seed(0)
     model = fcn3()

@@ -299,6 +299,12 @@ class RGAP:
             and not determined_by_gradient
             and (n <= self.rank_max_unknowns or self._null_expected(layer, n))
         )
+        system = None
+        if is_conv:
+            system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, self.scale_rows)
+        certificate = self._full_rank_certificate(system)
+        if certificate is not None:
+            want_rank = False  # proven full rank (at any size): no dense factorisation needed
         method = self._method(is_conv, want_rank)
         if method == "dense" and is_conv and self.rank == "auto" and self.solver == "auto":
             need, free = _dense_memory(n, self.dtype, weight.device)
@@ -310,13 +316,12 @@ class RGAP:
                 )  # fmt: skip
                 want_rank, method = False, "pcg"
         iterations = None
-        rank = n if determined_by_gradient else None
+        rank = n if determined_by_gradient or certificate is not None else None
         sigma_min = null_basis = None
         if method == "direct-linear":
             x, residual = LinearSystem(weight, k, layer.grad, z, self.scale_rows).solve()
             label = method
         elif method == "pcg":
-            system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, self.scale_rows)
             small = weight.device.type == "cpu" and n * weight[0].numel() < SMALL_LAYER_WORK
             with cpu_threads(1 if small else None):
                 result = pcg(
@@ -339,7 +344,6 @@ class RGAP:
                     8 * n * n / 1e9,
                 )
         elif method == "dense" and is_conv:
-            system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, self.scale_rows)
             hint = _predicted_deficiency(layer) if want_rank else 0
             factor = factor_normal(system.dense_normal(), self.rcond, want_rank, hint, refine_steps=1)
             rhs = system.normal_rhs()
@@ -368,6 +372,10 @@ class RGAP:
             iterations=iterations,
             time_s=time.perf_counter() - start,
         )
+        if certificate is not None:
+            report.note = (
+                f"full rank, proven by the gradient rows alone (sigma_min/sigma_max >= {certificate**0.5:.1e})"
+            )
         if report.rank_deficiency:
             report.note = f"rank-deficient: {report.rank_deficiency} input directions are not determined"
             log.info("layer %d: %s", layer.index, report.note)
@@ -415,6 +423,14 @@ class RGAP:
             ),
         )
         return joint.x_lower.to(device, self.dtype).reshape(layer.in_shape), k, report
+
+    def _full_rank_certificate(self, system: ConvSystem | None) -> float | None:
+        """rank=auto: the gradient rows' lower bound on sigma_min^2 / sigma_max^2 when it proves full rank at
+        attack.rcond (the dense path's threshold), else None."""
+        if system is None or self.rank != "auto":
+            return None
+        bound = system.full_rank_bound()
+        return bound if bound is not None and bound > self.rcond else None
 
     def _null_expected(self, layer: _Layer, n: int) -> bool:
         """A larger layer goes dense too when the counting bound predicts a null space that the layer below can

@@ -113,21 +113,51 @@ class ConvSystem:
     def dense_normal(self) -> Tensor:
         """The scaled normal matrix A^T A as a dense (n, n) tensor on the system's device, by index arithmetic:
         I_C (x) K^T K for the gradient rows plus one (C kh kw)^2 patch block per output position for the weight
-        rows. For the rank and the null space of layers small enough to factorise densely."""
+        rows. For the rank and the null space of layers small enough to factorise densely.
+
+        A weight row's scale is the norm of its filter over the taps that fall inside the image, so output
+        positions with the same padding pattern share one block: only a few distinct blocks are multiplied out
+        (9 for a 3x3 kernel with padding 1) instead of one per position."""
         c, h, w = self.geom.in_shape
+        n = c * h * w
         kmat = self.channel_matrix()
         gram = torch.block_diag(*([kmat.T @ kmat] * c))
-        if self.z is not None:
-            filters = self.weight.shape[0]
-            rows = conv_patch_index(self.geom).to(self.k.device).T  # (L, P): P = C*kh*kw unknowns per position
-            wflat = self.weight.reshape(filters, -1)  # (F, P)
-            s2 = (self.weight_scale**2).reshape(filters, -1)  # (F, L)
-            blocks = (wflat.T[None] * s2.T[:, None, :]) @ wflat  # (L, P, P): sum_f s_fl^2 w_f w_f^T
-            valid = rows >= 0
-            pair = valid[:, :, None] & valid[:, None, :]
-            flat = rows[:, :, None] * (c * h * w) + rows[:, None, :]
-            gram.view(-1).index_add_(0, flat[pair], blocks[pair])
+        if self.z is None:
+            return gram
+        filters = self.weight.shape[0]
+        rows = conv_patch_index(self.geom).to(self.k.device).T  # (L, P): P = C*kh*kw unknowns per position
+        valid = rows >= 0
+        wflat = self.weight.reshape(filters, -1)  # (F, P)
+        s2 = (self.weight_scale**2).reshape(filters, -1)  # (F, L)
+        patterns, which = torch.unique(valid, dim=0, return_inverse=True)
+        flat_gram = gram.view(-1)
+        for u, pattern in enumerate(patterns):
+            positions = torch.nonzero(which == u)[:, 0]
+            taps = wflat[:, pattern]  # (F, P_valid)
+            block = (taps.T * s2[:, positions[0]]) @ taps  # the scale is shared by the pattern's positions
+            idx = rows[positions][:, pattern]  # (L_u, P_valid)
+            flat = (idx[:, :, None] * n + idx[:, None, :]).reshape(-1)
+            flat_gram.index_add_(0, flat, block.expand(len(positions), -1, -1).reshape(-1))
         return gram
+
+    def full_rank_bound(self, max_pixels: int = 1024) -> float | None:
+        """A lower bound on lambda_min / lambda_max of the normal matrix from the gradient rows alone, or None.
+
+        A^T A = I_C (x) K^T K + (weight part, PSD), so lambda_min(A^T A) >= lambda_min(K^T K), and lambda_max is at
+        most the trace. When K (F*kh*kw x H*W) has full column rank this proves the layer full rank from one
+        H*W x H*W eigenvalue problem, instead of factorising the dense (C*H*W)^2 normal matrix. None when K is
+        wide (the gradient rows alone cannot determine a channel) or H*W exceeds `max_pixels`."""
+        c, h, w = self.geom.in_shape
+        kmat = self.channel_matrix()
+        if kmat.shape[0] < h * w or h * w > max_pixels:
+            return None
+        lam_min = float(torch.linalg.eigvalsh(kmat.T @ kmat)[0])
+        trace = c * float((kmat**2).sum())
+        if self.z is not None:
+            ones = torch.ones((1, c, h, w), dtype=self.weight.dtype, device=self.weight.device)
+            w2 = F.conv2d(ones, self.weight**2, stride=self.geom.stride, padding=self.geom.padding)[0]
+            trace += float((w2 * self.weight_scale**2).sum())
+        return max(lam_min, 0.0) / trace if trace > 0 else None
 
     def weight_diagonal(self) -> Tensor:
         """Exact diagonal of W^T D_w^2 W, per interior input entry (C, H, W)."""

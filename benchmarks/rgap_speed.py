@@ -13,7 +13,8 @@ With --device cuda the model, the client's update and the attack all live on the
 model's weights), every timing is taken after torch.cuda.synchronize(), one untimed warm-up run comes first, and
 the peak of torch.cuda.max_memory_allocated is reported next to the process's peak RSS. The dense reference is
 host code (scipy/LAPACK) and runs only for the 32x32 cases there. cuDNN runs float32 convolutions in TF32 by
-default on Ampere and later GPUs; --tf32 off (the default here) turns that off so float32 is float32, as on the CPU.
+default on Ampere and later GPUs; --tf32 off (the default here) turns that off for the client's update so float32
+is float32, as on the CPU (the attack itself always turns it off for its own solves).
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ def main() -> None:
         "--tf32",
         choices=("off", "on", "default"),
         default="off",
-        help="cuda: cuDNN TF32 for float32 convs, in the update and the attack (off; on; default: leave torch's)",
+        help="cuda: cuDNN TF32 for float32 convs in the client's update (the attack always runs IEEE float32)",
     )
     parser.add_argument("--case-timeout", type=float, default=None, help="seconds before a case is killed")
     parser.add_argument(

@@ -103,6 +103,16 @@ def report() -> str:
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     budgets = "; ".join(f"{m}: {r['budgets']}, ig restarts {r['ig_restarts']}" for m, r in runs.items())
     lines += ["", f"Budgets (gradient evaluations per run): {budgets}.", ""]
+    ratios = []
+    for m, run in runs.items():
+        times = {a: _mean([r["time_s"] for r in run["rows"] if r["attack"] == a]) for a in ATTACKS
+                 if any(r["attack"] == a for r in run["rows"])}  # fmt: skip
+        for fast in ("rgap", "rgap_joint"):
+            slow = [f"{a} {times[a] / times[fast]:.0f}x" for a in ("dlg", "ig") if a in times and fast in times]
+            if slow:
+                ratios.append(f"{MODELS[m][2]}, {fast}: " + ", ".join(slow))
+    if ratios:
+        lines += ["Mean attack time of DLG / IG over that of R-GAP, same process: " + "; ".join(ratios) + ".", ""]
     if "cnn6d" in runs:
         rows = runs["cnn6d"]["rows"]
         images = sorted({r["image"] for r in rows})

@@ -108,7 +108,8 @@ class RGAPConfig:
     dtype: str = "float64"  # float64 | float32
     solver: str = "auto"  # auto | iterative | dense | sparse | lstsq (the last is the naive reference)
     rank: str = "auto"  # auto | exact | off: numerical rank of each layer's system
-    rank_max_unknowns: int = 6000  # auto: exact rank only up to this many unknowns
+    # auto: dense exact rank up to this many unknowns; any size when the gradient rows alone prove full rank
+    rank_max_unknowns: int = 6000
     null_max_unknowns: int = 16000  # auto: also up to this many when the counting bound predicts a null space
     refine_steps: int = 2  # iterative-refinement steps after the normal-equation solve
     scale_rows: bool = True  # normalise each constraint row; without it gradient rows drown

@@ -2,8 +2,8 @@
 
 Skipped where torch.cuda.is_available() is False. cuDNN runs float32 convolutions in TF32 by default on Ampere and
 later GPUs (10 mantissa bits); the client's update is computed here with TF32 off, IEEE float32 as on the CPU, so
-these tests measure the attack. The float32 attack is checked with TF32 off, and with cuDNN's TF32 on as a
-non-strict expected failure that reports its PSNR either way.
+these tests measure the attack. R-GAP turns TF32 off for its own solves; the float32 attack is checked with the
+caller's TF32 off and on.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ import rgap_bench.attacks.rgap as rgap_module
 from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, pcg
+from rgap_bench.linalg.precision import conv_tf32
 from rgap_bench.models import cnn6
 from tests.conftest import make_update, photo_batch, psnr
 from tests.test_operators import CASES, make_system
@@ -27,27 +27,6 @@ from tests.test_operators import CASES, make_system
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False): GPU checks skipped"
 )
-
-
-@contextmanager
-def conv_tf32(enabled: bool):
-    """cuDNN TF32 for float32 convolutions on or off, restored afterwards (the new per-backend API where it exists:
-    mixing it with the legacy allow_tf32 flag raises)."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        previous = conv.fp32_precision
-        conv.fp32_precision = "tf32" if enabled else "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = previous
-    else:
-        previous = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = enabled
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = previous
 
 
 def cuda_update(model: torch.nn.Module, batch):
@@ -115,20 +94,9 @@ def test_cnn6_float64_on_cuda_is_exact_and_matches_the_cpu_run(cnn6_photo, monke
             assert abs(g.iterations - c.iterations) <= max(20, c.iterations // 4), where
 
 
-@pytest.mark.parametrize(
-    "tf32",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=False, reason="cuDNN TF32 convolutions (torch's default) may limit the float32 solve"
-            ),
-        ),
-    ],
-    ids=["ieee", "cudnn-tf32"],
-)
+@pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "cudnn-tf32-outside"])
 def test_cnn6_float32_on_cuda_still_recovers(cnn6_photo, tf32, capsys):
+    """R-GAP switches cuDNN's TF32 off for its own solves, so the caller's TF32 setting does not matter."""
     with conv_tf32(tf32):
         rec = RGAP(rank="off", dtype="float32")(cnn6_photo["gpu_model"], cnn6_photo["gpu_update"])
     value = psnr(rec.inputs, cnn6_photo["batch"].inputs)
@@ -189,3 +157,11 @@ def test_conv_system_adjoints_pass_the_dot_product_test_on_cuda(case):
     result = pcg(system.normal, system.normal_rhs(), BlockJacobi(system), tol=1e-13, max_iter=2000)
     assert result.x.device.type == "cuda"
     assert torch.allclose(result.x.cpu(), x_true, atol=1e-8)
+
+
+def test_client_wrapping_a_model_already_on_the_gpu_needs_no_move():
+    """A model moved to CUDA before it is wrapped: the client computes on the weights' device."""
+    torch.manual_seed(0)
+    model = cnn6().cuda()
+    update = FedSGDClient(model).compute_update(photo_batch())
+    assert all(g.device.type == "cuda" for g in update.tensors.values())

@@ -241,3 +241,27 @@ def test_dense_path_that_would_not_fit_in_memory_falls_back_to_pcg(monkeypatch, 
         rec = attack(model, make_update(model, batch), rank="auto")
     assert all(layer.solver in ("pcg-blockjacobi", "direct-linear") for layer in rec.layers)
     assert "needs ~8000.0 GB, 4.0 GB are free" in caplog.text
+
+
+def test_attack_runs_ieee_float32_convolutions_and_restores_the_callers_setting(monkeypatch):
+    """cuDNN's TF32 (torch's default for float32 convolutions) would cap a float32 solve at 10 mantissa bits."""
+    import rgap_bench.attacks.rgap as rgap_module
+    from rgap_bench.linalg.precision import conv_precision, conv_tf32
+
+    seen = []
+    real_pcg = rgap_module.pcg
+
+    def recording_pcg(*args, **kwargs):
+        seen.append(conv_precision())
+        return real_pcg(*args, **kwargs)
+
+    monkeypatch.setattr(rgap_module, "pcg", recording_pcg)
+    torch.manual_seed(0)
+    model = cnn6(image_size=16)
+    update = make_update(model, photo_batch(image_size=16))
+    with conv_tf32(True):
+        before = conv_precision()
+        attack(model, update, dtype="float32")
+        after = conv_precision()
+    assert seen and all(s.endswith(("=ieee", "=False")) for s in seen)
+    assert before == after and before.endswith(("=tf32", "=True"))

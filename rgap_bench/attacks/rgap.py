@@ -23,6 +23,7 @@ from rgap_bench.linalg.activations import PiecewiseLinear, invertible_activation
 from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
 from rgap_bench.linalg.lstsq import dense_lstsq, solve_blocks
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem, cpu_threads, pcg
+from rgap_bench.linalg.precision import conv_tf32
 from rgap_bench.linalg.spectrum import factor_normal
 from rgap_bench.models.layers import SequentialNet
 from rgap_bench.rank.counts import conv_counts
@@ -146,6 +147,10 @@ class RGAP:
         self.carry_null_space = carry_null_space
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
+        with conv_tf32(False):  # every solve goes through convolutions: float32 must stay IEEE float32 on a GPU
+            return self._attack(model, update)
+
+    def _attack(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
         meta = update.metadata
         if meta.kind != "gradient":
             raise UnsupportedModelError(f"R-GAP inverts gradients (FedSGD); got an update of kind {meta.kind!r}")

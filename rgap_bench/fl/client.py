@@ -44,18 +44,23 @@ class FedSGDClient(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    @property
+    def model_device(self) -> torch.device:
+        """Where the model's weights are: a model moved before it was wrapped leaves Lightning's `device` behind."""
+        return next(self.model.parameters()).device
+
     def targets(self, batch: PrivateBatch) -> Tensor:
         """Labels the client trains on: binary for the logistic loss, class ids for cross-entropy."""
         if self.loss_name == "cross_entropy":
             if self.label_policy == "flip_prediction":
                 with torch.no_grad():
-                    logits = self.model(batch.inputs.to(self.device))
+                    logits = self.model(batch.inputs.to(self.model_device))
                 return (logits.argmax(dim=1) + 1) % logits.shape[1]  # any class but the predicted one
-            return batch.labels.to(self.device)
+            return batch.labels.to(self.model_device)
         if self.label_policy == "true":
-            return batch.binary_labels.to(self.device)
+            return batch.binary_labels.to(self.model_device)
         with torch.no_grad():
-            logits = self.model(batch.inputs.to(self.device))
+            logits = self.model(batch.inputs.to(self.model_device))
         return (logits[:, 0] <= 0).long()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -65,7 +70,7 @@ class FedSGDClient(L.LightningModule):
     def compute_update(self, batch: PrivateBatch, targets: Tensor | None = None) -> ClientUpdate:
         """The gradient the client shares; pass `targets` to reuse labels already chosen by `targets()`."""
         targets = self.targets(batch) if targets is None else targets
-        inputs = batch.inputs.to(self.device)
+        inputs = batch.inputs.to(self.model_device)
         names, params = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad], strict=True)
         loss = client_loss(self.loss_name, self.model(inputs), targets, self.reduction)
         grads = torch.autograd.grad(loss, params)

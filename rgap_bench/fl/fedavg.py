@@ -67,10 +67,10 @@ class FedAvgClient(FedSGDClient):
             limits = {"max_steps": self.local_steps, "max_epochs": -1}
         else:
             limits = {"max_epochs": self.local_epochs}
-        trainer = fit(local, loader, self.device, precision=self.precision, **limits)
+        trainer = fit(local, loader, self.model_device, precision=self.precision, **limits)
         new = dict(local.model.named_parameters())
         old = dict(self.model.named_parameters())
-        delta = {n: (new[n].detach().to(self.device) - old[n].detach()).to(old[n].dtype) for n in names}
+        delta = {n: (new[n].detach().to(self.model_device) - old[n].detach()).to(old[n].dtype) for n in names}
         metadata = UpdateMetadata(
             kind="weight_delta",
             batch_size=batch.batch_size,

@@ -265,3 +265,11 @@ def test_attack_runs_ieee_float32_convolutions_and_restores_the_callers_setting(
         after = conv_precision()
     assert seen and all(s.endswith(("=ieee", "=False")) for s in seen)
     assert before == after and before.endswith(("=tf32", "=True"))
+
+
+def test_activation_derivative_follows_autograd_at_zero():
+    from rgap_bench.linalg.activations import PiecewiseLinear
+
+    z = torch.tensor([-1.0, 0.0, 1.0], requires_grad=True)
+    nn.functional.leaky_relu(z, 0.2).sum().backward()
+    assert torch.equal(PiecewiseLinear(0.2).derivative(z.detach()), z.grad)

@@ -22,9 +22,11 @@ class PiecewiseLinear:
         return torch.where(x < 0, x / self.slope, x) if self.slope != 1.0 else x
 
     def derivative(self, z: Tensor) -> Tensor:
+        """sigma'(z), with autograd's convention at z = 0 (the slope): a black image patch gives z = 0 exactly,
+        and the client's gradient used the slope there."""
         if self.slope == 1.0:
             return torch.ones_like(z)
-        return torch.where(z < 0, torch.full_like(z, self.slope), torch.ones_like(z))
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.slope))
 
 
 def invertible_activation(module: nn.Module, where: str) -> PiecewiseLinear:

@@ -64,6 +64,7 @@ class LayerReport:
     rank: int | None = None
     rank_deficiency: int | None = None
     sigma_min_rel: float | None = None  # smallest / largest singular value of the scaled system
+    rank_method: str = ""  # how the rank was established when not by `solver` (e.g. the gradient rows' bound)
     residual_rel: float | None = None  # ||A x - b|| / ||b|| of the scaled system
     solver: str = ""
     iterations: int | None = None  # iterative solvers only

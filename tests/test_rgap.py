@@ -39,7 +39,7 @@ def test_full_rank_proven_by_the_gradient_rows_agrees_with_the_dense_rank():
     proven = [i for i, layer in enumerate(auto.layers) if "proven by the gradient rows" in layer.note]
     assert len(proven) >= 3
     for i in proven:
-        assert auto.layers[i].solver == "pcg-blockjacobi"
+        assert auto.layers[i].solver == "pcg-blockjacobi" and auto.layers[i].rank_method == "gradient-row bound"
         assert auto.layers[i].rank == exact.layers[i].rank == auto.layers[i].unknowns
     assert exact.layers[proven[0]].solver.startswith("dense")
     assert psnr(auto.inputs, batch.inputs) >= 60

@@ -378,6 +378,7 @@ class RGAP:
             time_s=time.perf_counter() - start,
         )
         if certificate is not None:
+            report.rank_method = "gradient-row bound"
             report.note = (
                 f"full rank, proven by the gradient rows alone (sigma_min/sigma_max >= {certificate**0.5:.1e})"
             )

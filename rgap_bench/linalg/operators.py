@@ -151,7 +151,9 @@ class ConvSystem:
         kmat = self.channel_matrix()
         if kmat.shape[0] < h * w or h * w > max_pixels:
             return None
-        lam_min = float(torch.linalg.eigvalsh(kmat.T @ kmat)[0])
+        eig = torch.linalg.eigvalsh(kmat.T @ kmat)
+        # minus the eigensolver's backward error (a few ulps of the largest eigenvalue per dimension)
+        lam_min = float(eig[0]) - h * w * torch.finfo(eig.dtype).eps * float(eig[-1])
         trace = c * float((kmat**2).sum())
         if self.z is not None:
             ones = torch.ones((1, c, h, w), dtype=self.weight.dtype, device=self.weight.device)

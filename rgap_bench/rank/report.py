@@ -64,7 +64,7 @@ def write_run_rank(model: object, run_dir: Path, layers: list[dict], logger: Run
     try:
         measured = {
             int(row["index"]): {"rank": row.get("rank"), "sigma_min_rel": row.get("sigma_min_rel"),
-                                "method": row.get("solver") or "measured"}
+                                "method": row.get("rank_method") or row.get("solver") or "measured"}
             for row in layers
             if row.get("index") is not None
         }  # fmt: skip

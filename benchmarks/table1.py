@@ -6,7 +6,8 @@ vs DLG).
     python benchmarks/table1.py --models cnn6 --n 5 &       # or one model per process ...
     python benchmarks/table1.py --report                    # ... then the tables from the saved results
 
-Each model's raw results go to benchmarks/results/table1_<model>.json; the tables to benchmarks/results/table1.md.
+Each model's raw results go to benchmarks/results/table1_<model>.json, a picture of the first five images and
+every attack's reconstruction to table1_<model>.png; the tables to benchmarks/results/table1.md.
 Setting as in the README: seed-0 PyTorch initialisation, labels flipped against the prediction and shared.
 """
 
@@ -28,6 +29,7 @@ from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.data.digits import EmbeddedDigits
 from rgap_bench.data.photos import EmbeddedPhotos
 from rgap_bench.fl.client import FedSGDClient
+from rgap_bench.logging import ImageRow, save_image_rows
 from rgap_bench.metrics import reconstruction_metrics
 from rgap_bench.models import cnn6, cnn6d, fcn3
 
@@ -55,8 +57,11 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
     build, data, _ = MODELS[name]
     attacks = {k: v for k, v in build_attacks(args).items() if k in args.attacks}
     rows = []
+    shown: dict[str, list] = {"original": []}  # the first --figure-images images and every attack's result
     for i in range(args.n):
         batch = data(i).private_batch(0)
+        if i < args.figure_images:
+            shown["original"].append((batch.inputs, None))
         torch.manual_seed(0)
         model = build()
         client = FedSGDClient(model)
@@ -72,10 +77,19 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
                    "stage": rec.info.get("hgap", {}).get("stage")}  # fmt: skip
             rows.append(row)
             logging.info("%s", row)
+            if i < args.figure_images:
+                shown.setdefault(attack_name, []).append((rec.inputs, f"{scores['psnr']:.1f} dB"))
     out = {"model": name, "n": args.n, "budgets": {k: getattr(args, f"{k}_budget") for k in ("dlg", "hgap", "ig")},
            "ig_restarts": args.ig_restarts, "threads": torch.get_num_threads(), "rows": rows}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"table1_{name}.json").write_text(json.dumps(out, indent=1))
+    if shown["original"]:
+        figure = [
+            ImageRow(label, torch.cat([x for x, _ in items]), None if label == "original" else [c for _, c in items])
+            for label, items in shown.items()
+        ]
+        heading = f"{MODELS[name][2]}, untrained, PSNR per attack"
+        save_image_rows(figure, RESULTS / f"table1_{name}.png", heading)
     return out
 
 
@@ -139,6 +153,7 @@ def main() -> None:
     parser.add_argument("--ig-budget", type=int, default=2000)
     parser.add_argument("--ig-restarts", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--figure-images", type=int, default=5, help="images shown in table1_<model>.png")
     parser.add_argument("--report", action="store_true", help="only print the tables from saved results")
     args = parser.parse_args()
     args.attacks = args.attacks.split(",")

@@ -8,7 +8,15 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from rgap_bench.logging import NullLogger, print_layer_table, print_summary, save_comparison, write_json
+from rgap_bench.logging import (
+    ImageRow,
+    NullLogger,
+    print_layer_table,
+    print_summary,
+    save_comparison,
+    save_image_rows,
+    write_json,
+)
 from rgap_bench.logging.wandb_logger import WandbRunLogger
 from rgap_bench.types import LayerReport
 
@@ -159,6 +167,16 @@ def test_save_comparison_rejects_bad_input(tmp_path: Path):
         save_comparison(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), tmp_path / "x.png", per_image_psnr=[1.0])
     with pytest.raises(ValueError):
         save_comparison(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), tmp_path / "x.png", titles={"bogus": 1})
+
+
+def test_image_rows_one_labelled_row_per_attack(tmp_path: Path):
+    rows = [ImageRow(name, torch.rand(3, 3, 32, 32), [f"{i} dB" for i in range(3)]) for name in "abcde"]
+    path = tmp_path / "rows.png"
+    save_image_rows(rows, path, heading="five rows of three")
+    with Image.open(path) as img:
+        assert img.height == pytest.approx(5 / 3 * img.width, rel=0.1)
+    with pytest.raises(ValueError, match="2 captions for 3 images"):
+        save_image_rows([ImageRow("x", torch.rand(3, 1, 8, 8), ["a", "b"])], tmp_path / "bad.png")
 
 
 def test_console_tables_render():

@@ -2,14 +2,16 @@
 
 from rgap_bench.logging.base import NullLogger, RunLogger
 from rgap_bench.logging.console import print_layer_table, print_summary
-from rgap_bench.logging.files import save_comparison, to_jsonable, write_json
+from rgap_bench.logging.files import ImageRow, save_comparison, save_image_rows, to_jsonable, write_json
 
 __all__ = [
+    "ImageRow",
     "NullLogger",
     "RunLogger",
     "print_layer_table",
     "print_summary",
     "save_comparison",
+    "save_image_rows",
     "to_jsonable",
     "write_json",
 ]

@@ -64,34 +64,29 @@ def _as_image(x: Tensor) -> tuple[np.ndarray, str | None]:
     raise ValueError(f"can only show 1- or 3-channel images, got {x.shape[0]} channels")
 
 
-def save_comparison(
-    originals: Tensor,
-    reconstructions: Tensor,
-    path: Path,
-    *,
-    titles: dict | None = None,
-    per_image_psnr: list[float] | None = None,
-) -> None:
-    """Save a PNG: originals on top, (clamped) reconstructions below, wrapping after 8 images.
+@dataclasses.dataclass
+class ImageRow:
+    """One labelled row of a figure: images (N, C, H, W) in [0, 1] and an optional caption above each."""
 
-    ``titles`` may set ``originals`` and ``reconstructions`` (row labels) and ``figure`` (a heading). Uses the
-    Agg canvas directly rather than pyplot, so it needs no display and leaves the global backend alone.
-    """
+    label: str
+    images: Tensor
+    captions: list[str] | None = None
+
+
+def save_image_rows(rows: list[ImageRow], path: Path, heading: str | None = None) -> None:
+    """Save a PNG with one labelled row per `ImageRow` (clamped to [0, 1]), wrapping after 8 images: the first 8
+    columns of every row, then the next 8, and so on. Uses the Agg canvas directly rather than pyplot, so it needs
+    no display and leaves the global backend alone."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    titles = dict(titles or {})
-    unknown = set(titles) - _TITLE_KEYS
-    if unknown:
-        raise ValueError(f"unknown title keys {sorted(unknown)}; expected some of {sorted(_TITLE_KEYS)}")
-    n_orig, n_rec = originals.shape[0], reconstructions.shape[0]
-    if per_image_psnr is not None and len(per_image_psnr) != n_rec:
-        raise ValueError(f"{len(per_image_psnr)} PSNR values for {n_rec} reconstructions")
-    n = max(n_orig, n_rec)
+    for row in rows:
+        if row.captions is not None and len(row.captions) != row.images.shape[0]:
+            raise ValueError(f"row {row.label!r}: {len(row.captions)} captions for {row.images.shape[0]} images")
+    n = max(row.images.shape[0] for row in rows)
     ncols = min(n, MAX_PER_ROW)
     nchunks = math.ceil(n / MAX_PER_ROW)
-    nrows = 2 * nchunks
-    heading = titles.get("figure")
+    nrows = len(rows) * nchunks
     top_in = 0.35 if heading else 0.0
     fig = Figure(figsize=(ncols * INCH_PER_IMAGE, nrows * INCH_PER_IMAGE + top_in), dpi=100)
     FigureCanvasAgg(fig)
@@ -107,23 +102,48 @@ def save_comparison(
         wspace=0.05,
         hspace=0.25,
     )
-    row_labels = (titles.get("originals", "original"), titles.get("reconstructions", "reconstruction"))
     for i in range(n):
         chunk, col = divmod(i, MAX_PER_ROW)
-        for kind, images, count in ((0, originals, n_orig), (1, reconstructions, n_rec)):
-            if i >= count:
+        for kind, row in enumerate(rows):
+            if i >= row.images.shape[0]:
                 continue
-            ax = fig.add_subplot(grid[2 * chunk + kind, col])
-            image, cmap = _as_image(images[i])
+            ax = fig.add_subplot(grid[len(rows) * chunk + kind, col])
+            image, cmap = _as_image(row.images[i])
             ax.imshow(image, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if col == 0:
-                ax.set_ylabel(str(row_labels[kind]), fontsize=8)
-            if kind == 1 and per_image_psnr is not None:
-                ax.set_title(f"{per_image_psnr[i]:.1f} dB", fontsize=8)
+                ax.set_ylabel(row.label, fontsize=8)
+            if row.captions is not None:
+                ax.set_title(row.captions[i], fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
+
+
+def save_comparison(
+    originals: Tensor,
+    reconstructions: Tensor,
+    path: Path,
+    *,
+    titles: dict | None = None,
+    per_image_psnr: list[float] | None = None,
+) -> None:
+    """Save a PNG: originals on top, (clamped) reconstructions below (with their PSNR), wrapping after 8 images.
+
+    ``titles`` may set ``originals`` and ``reconstructions`` (row labels) and ``figure`` (a heading).
+    """
+    titles = dict(titles or {})
+    unknown = set(titles) - _TITLE_KEYS
+    if unknown:
+        raise ValueError(f"unknown title keys {sorted(unknown)}; expected some of {sorted(_TITLE_KEYS)}")
+    if per_image_psnr is not None and len(per_image_psnr) != reconstructions.shape[0]:
+        raise ValueError(f"{len(per_image_psnr)} PSNR values for {reconstructions.shape[0]} reconstructions")
+    captions = None if per_image_psnr is None else [f"{p:.1f} dB" for p in per_image_psnr]
+    rows = [
+        ImageRow(str(titles.get("originals", "original")), originals),
+        ImageRow(str(titles.get("reconstructions", "reconstruction")), reconstructions, captions),
+    ]
+    save_image_rows(rows, path, titles.get("figure"))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rgap_bench.linalg.spectrum import cholesky_solve, low_spectrum
+from rgap_bench.linalg.spectrum import cholesky_solve, largest_eigenvalue, low_spectrum
 
 
 def _psd(n: int, rank: int, seed: int = 0) -> torch.Tensor:
@@ -47,3 +47,13 @@ def test_cholesky_solve_matches_torch():
     chol = torch.linalg.cholesky(gram)
     rhs = torch.randn(60, 3, dtype=torch.float64)
     assert torch.allclose(cholesky_solve(rhs, chol), torch.cholesky_solve(rhs, chol), atol=1e-10)
+
+
+def test_largest_eigenvalue_from_an_operator_matches_the_matrix():
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(300, 120, dtype=torch.float64, generator=gen)
+    gram = a.T @ a
+    exact = float(torch.linalg.eigvalsh(gram)[-1])
+    from_operator = largest_eigenvalue(lambda v: a.T @ (a @ v), 120, like=gram)
+    assert from_operator == pytest.approx(largest_eigenvalue(gram), rel=1e-12)
+    assert from_operator == pytest.approx(exact, rel=0.05)

@@ -52,25 +52,46 @@ class LowSpectrum:
         return x - self.null_basis @ (self.null_basis.T @ x)
 
 
-def largest_eigenvalue(gram: Tensor, steps: int = 8, block: int = 4, seed: int = 0) -> float:
-    """Block power iteration; a few percent of accuracy is all a relative rank threshold needs."""
-    gen = torch.Generator(device=gram.device).manual_seed(seed)
-    v = torch.randn(gram.shape[0], block, dtype=gram.dtype, device=gram.device, generator=gen)
+def largest_eigenvalue(
+    gram: Tensor | Callable[[Tensor], Tensor],
+    n: int | None = None,
+    *,
+    like: Tensor | None = None,
+    steps: int = 8,
+    block: int = 4,
+    seed: int = 0,
+) -> float:
+    """Block power iteration; a few percent of accuracy is all a relative rank threshold needs.
+
+    `gram` is the matrix or a function applying it to (n, block) columns (pass `n` and a tensor `like` for the
+    dtype and device): a matrix-free operator is much cheaper than reading a large dense matrix 9 times."""
+    apply = gram.__matmul__ if isinstance(gram, Tensor) else gram
+    ref = gram if isinstance(gram, Tensor) else like
+    n = gram.shape[0] if isinstance(gram, Tensor) else n
+    gen = torch.Generator(device=ref.device).manual_seed(seed)
+    v = torch.randn(n, block, dtype=ref.dtype, device=ref.device, generator=gen)
     for _ in range(steps):
-        v = torch.linalg.qr(gram @ v).Q
-    return float(torch.linalg.eigvalsh(v.T @ gram @ v)[-1])
+        v = torch.linalg.qr(apply(v)).Q
+    return float(torch.linalg.eigvalsh(v.T @ apply(v))[-1])
 
 
 def low_spectrum(
-    gram: Tensor, rcond: float, *, null_hint: int = 0, iterations: int = 4, max_rounds: int = 8, seed: int = 0
+    gram: Tensor,
+    rcond: float,
+    *,
+    null_hint: int = 0,
+    iterations: int = 4,
+    max_rounds: int = 8,
+    seed: int = 0,
+    top: float | None = None,
 ) -> LowSpectrum:
     """Rank (eigenvalues above rcond * lambda_max), sigma_min and null basis of a symmetric PSD matrix.
 
     `null_hint` (e.g. the counting bound's deficiency) sizes the first block; a block found entirely null is
-    doubled, keeping the vectors already iterated.
+    doubled, keeping the vectors already iterated. `top`: lambda_max when the caller has it (else estimated here).
     """
     n = gram.shape[0]
-    top = largest_eigenvalue(gram, seed=seed)
+    top = largest_eigenvalue(gram, seed=seed) if top is None else top
     if top <= 0.0:
         eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
         return LowSpectrum(0.0, 1.0, eye, 0, 0.0, eye)
@@ -118,10 +139,16 @@ class NormalFactor:
 
 
 def factor_normal(
-    gram: Tensor, rcond: float, want_rank: bool, null_hint: int = 0, refine_steps: int = 4
+    gram: Tensor,
+    rcond: float,
+    want_rank: bool,
+    null_hint: int = 0,
+    refine_steps: int = 4,
+    top: float | None = None,
 ) -> NormalFactor:
     """Plain Cholesky when no rank is wanted (and it succeeds); otherwise one shifted Cholesky that also yields the
-    rank and the null space, plus an unshifted one when the matrix is full rank but close to the threshold."""
+    rank and the null space, plus an unshifted one when the matrix is full rank but close to the threshold.
+    `top`: lambda_max of `gram` when the caller has it (e.g. from a matrix-free operator)."""
 
     def cholesky_solver(chol: Tensor) -> Callable[[Tensor], Tensor]:
         return lambda r: cholesky_solve(r[:, None], chol)[:, 0] if r.ndim == 1 else cholesky_solve(r, chol)
@@ -130,7 +157,7 @@ def factor_normal(
         chol, info = torch.linalg.cholesky_ex(gram)
         if int(info) == 0:
             return NormalFactor(cholesky_solver(chol), None, None, "dense-cholesky", None)
-    spectrum = low_spectrum(gram, rcond, null_hint=null_hint)
+    spectrum = low_spectrum(gram, rcond, null_hint=null_hint, top=top)
     full = spectrum.rank == gram.shape[0]
     if full and spectrum.sigma_min_rel**2 < 1e3 * spectrum.shift / spectrum.top:
         # The shifted factor would converge slowly this close to the threshold: factorise G itself.

@@ -44,30 +44,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REFERENCE_ON_GPU = ("cnn6-32", "cnn6-32-f32")  # the host reference is slow: on the GPU, only the 32x32 cases
 
 
-def conv_tf32(enable: bool | None = None) -> str:
-    """Set (True/False) or leave (None) cuDNN's TF32 mode for float32 convolutions; returns the state in words.
-
-    torch >= 2.9 has a per-backend `fp32_precision`; mixing it with the legacy `allow_tf32` flag raises, so only
-    the new API is used where it exists.
-    """
-    import torch
-
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        if enable is not None:
-            conv.fp32_precision = "tf32" if enable else "ieee"
-        return f"cudnn.conv.fp32_precision={conv.fp32_precision}"
-    if enable is not None:
-        torch.backends.cudnn.allow_tf32 = enable
-    return f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}"
-
-
 def device_info(device: str) -> dict:
     import torch
 
     info = {"device": device, "torch": torch.__version__}
     if device == "cuda":
-        info.update(device_name=torch.cuda.get_device_name(), cuda=torch.version.cuda, conv_fp32=conv_tf32())
+        from rgap_bench.linalg.precision import conv_precision
+
+        info.update(device_name=torch.cuda.get_device_name(), cuda=torch.version.cuda, conv_fp32=conv_precision())
     else:
         import platform
 
@@ -116,7 +100,6 @@ def build(model_name: str, size: int, channels: int, device: str = "cpu"):
         )
         data = EmbeddedDigits(name="digits", image_size=size, channels=channels, index=2500)
     batch = data.private_batch(0)
-    # The client is moved, not just the model: a LightningModule sends the batch to its own recorded device.
     client = FedSGDClient(model).to(device)
     return model, batch, client.compute_update(batch)
 
@@ -196,9 +179,13 @@ def run_case(name: str, solver: str, repeats: int, device: str = "cpu", referenc
 
 
 def child_main(args: argparse.Namespace) -> None:
-    if args.device == "cuda" and args.tf32 != "default":
-        conv_tf32(args.tf32 == "on")
-    print(json.dumps(run_case(args.child, args.solver, args.repeats, args.device, not args.no_reference)))
+    from contextlib import nullcontext
+
+    from rgap_bench.linalg.precision import conv_tf32
+
+    mode = conv_tf32(args.tf32 == "on") if args.device == "cuda" and args.tf32 != "default" else nullcontext()
+    with mode:
+        print(json.dumps(run_case(args.child, args.solver, args.repeats, args.device, not args.no_reference)))
 
 
 def markdown(rows: list[dict]) -> str:

@@ -30,8 +30,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def cuda_update(model: torch.nn.Module, batch):
-    """The update a client on the GPU shares. The client itself is moved: a LightningModule sends the batch to its
-    own recorded device, which stays the CPU when only the wrapped model is on the GPU."""
+    """The update a client on the GPU shares (computed on the client's model's device)."""
     with conv_tf32(False):
         return FedSGDClient(model).to("cuda").compute_update(batch)
 

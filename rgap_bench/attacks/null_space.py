@@ -89,14 +89,19 @@ class _ConvJoint:
         self.null = torch.as_tensor(null).detach().to(**as64)
         self.n_lower = int(np.prod(geom.in_shape))
 
+    def _layer_system(self, x_upper: Tensor, target: Tensor) -> tuple[ConvSystem, Tensor]:
+        """The layer's scaled system under x_upper's LeakyReLU pattern with weight rows W x = target / slope, and
+        the slopes."""
+        slope = self.act.derivative(self.act.inverse(x_upper))
+        k = (self.back_k * slope).reshape(self.out_shape)
+        z = (target / slope).reshape(self.out_shape)
+        return ConvSystem(self.weight, k, self.grad, z, self.geom, self.scale_rows), slope
+
     def system(
         self, x_upper: Tensor, drop: Tensor | None = None, with_gradient: bool = True
     ) -> tuple[ConvSystem, Tensor]:
         """The layer's scaled system under x_upper's pattern, and M (the null-space columns of its weight rows)."""
-        slope = self.act.derivative(self.act.inverse(x_upper))
-        k = (self.back_k * slope).reshape(self.out_shape)
-        z_min = (self.x_min / slope).reshape(self.out_shape)
-        system = ConvSystem(self.weight, k, self.grad, z_min, self.geom, self.scale_rows)
+        system, slope = self._layer_system(x_upper, self.x_min)
         if drop is not None:
             system.weight_scale = system.weight_scale * (~drop).reshape(self.out_shape)
         if not with_gradient:
@@ -132,16 +137,7 @@ class _ConvJoint:
 
     def full_residual(self, x: Tensor, x_upper: Tensor) -> float:
         """Residual of every equation under the pattern that x_upper itself implies."""
-        slope = self.act.derivative(self.act.inverse(x_upper))
-        system = ConvSystem(
-            self.weight,
-            (self.back_k * slope).reshape(self.out_shape),
-            self.grad,
-            (x_upper / slope).reshape(self.out_shape),
-            self.geom,
-            self.scale_rows,
-        )
-        return system.residual_rel(x)
+        return self._layer_system(x_upper, x_upper)[0].residual_rel(x)
 
 
 def _pattern_iteration(

@@ -154,11 +154,7 @@ class ConvSystem:
         eig = torch.linalg.eigvalsh(kmat.T @ kmat)
         # minus the eigensolver's backward error (a few ulps of the largest eigenvalue per dimension)
         lam_min = float(eig[0]) - h * w * torch.finfo(eig.dtype).eps * float(eig[-1])
-        trace = c * float((kmat**2).sum())
-        if self.z is not None:
-            ones = torch.ones((1, c, h, w), dtype=self.weight.dtype, device=self.weight.device)
-            w2 = F.conv2d(ones, self.weight**2, stride=self.geom.stride, padding=self.geom.padding)[0]
-            trace += float((w2 * self.weight_scale**2).sum())
+        trace = c * float((kmat**2).sum()) + float(self.weight_diagonal().sum())
         return max(lam_min, 0.0) / trace if trace > 0 else None
 
     def weight_diagonal(self) -> Tensor:

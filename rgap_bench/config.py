@@ -12,6 +12,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from rgap_bench.attacks.rgap.options import RGAPOptions
+
 
 @dataclass
 class LayerSpecConfig:
@@ -102,21 +104,8 @@ class FLConfig:
 
 
 @dataclass
-class RGAPConfig:
+class RGAPConfig(RGAPOptions):
     _target_: str = "rgap_bench.attacks.rgap.RGAP"
-    name: str = "rgap"
-    dtype: str = "float64"  # float64 | float32
-    solver: str = "auto"  # auto | iterative | dense | sparse | lstsq (the last is the naive reference)
-    rank: str = "auto"  # auto | exact | off: numerical rank of each layer's system
-    # auto: dense exact rank up to this many unknowns; any size when the gradient rows alone prove full rank
-    rank_max_unknowns: int = 6000
-    null_max_unknowns: int = 16000  # auto: also up to this many when the counting bound predicts a null space
-    refine_steps: int = 2  # iterative-refinement steps after the normal-equation solve
-    scale_rows: bool = True  # normalise each constraint row; without it gradient rows drown
-    rcond: float = 1e-10  # relative eigenvalue cut-off for rank-deficient normal equations
-    tol: float = 1e-11  # iterative solver: relative residual of the normal equations
-    max_iter: int = 3000  # iterative solver: iteration cap per layer
-    carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
 
 
 @dataclass

@@ -78,12 +78,20 @@ class LayerReport:
         return dict(self.__dict__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reconstruction:
-    """What an attack returns: inputs in the model's input space, plus diagnostics."""
+    """What an attack returns: inputs in the model's input space, plus diagnostics.
+
+    Frozen: an attack that refines another's answer builds a new record (`dataclasses.replace`). The typed fields
+    are what attacks choose between candidates on; `info` is free-form detail for `metrics.json` only and never
+    steers control flow.
+    """
 
     inputs: Tensor  # (B, C, H, W)
     labels: Tensor | None = None
     combined: bool = False  # one image standing for a whole batch (scored against the batch mean)
     layers: list[LayerReport] = field(default_factory=list)
+    residual_rel: float | None = None  # closed-form attacks: mean relative residual of the equations solved
+    range_violation: float | None = None  # mean distance of the inputs outside the image range [0, 1]
+    gradient_distance: float | None = None  # matching attacks: distance of the reconstruction's gradient
     info: dict[str, Any] = field(default_factory=dict)

@@ -123,6 +123,7 @@ class GradientMatchingAttack:
         return Reconstruction(
             inputs=best.inputs.detach().float().cpu(),
             labels=best.labels.detach().cpu(),
+            gradient_distance=best.distance,
             info={
                 "distance": self.distance,
                 "gradient_distance": best.distance,

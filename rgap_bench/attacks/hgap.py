@@ -10,6 +10,7 @@ worse than its parts by the criterion an attacker can compute.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from torch import nn
@@ -90,7 +91,9 @@ class HGAP:
         rgap_distance = judge.distance(closed.inputs, closed.labels, soft=False, metric=self.matcher.distance)
         matched_distance = judge.distance(matched.inputs, matched.labels, soft=False, metric=self.matcher.distance)
         winner = closed if rgap_distance <= matched_distance else matched
-        winner.layers = closed.layers
+        winner = dataclasses.replace(
+            winner, layers=closed.layers, gradient_distance=min(rgap_distance, matched_distance)
+        )
         winner.info["hgap"] = {
             "stage": "rgap" if winner is closed else "matching",
             "deficient_layers": deficient,

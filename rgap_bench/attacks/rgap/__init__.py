@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from torch import Tensor, nn
 
 from rgap_bench.attacks.logistic_scalar import F_MIN, U_STAR, invert_logistic_scalar
 from rgap_bench.attacks.null_space import solve_through_null_space
-from rgap_bench.errors import ConfigError, InvalidUpdateError, UnsupportedModelError
+from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear, invertible_activation
 from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
 from rgap_bench.linalg.lstsq import dense_lstsq, solve_blocks
@@ -26,13 +28,13 @@ from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem, c
 from rgap_bench.linalg.precision import conv_tf32
 from rgap_bench.linalg.spectrum import factor_normal, largest_eigenvalue
 from rgap_bench.models.layers import SequentialNet
+from rgap_bench.options import build_options
 from rgap_bench.rank.counts import conv_counts
 from rgap_bench.types import ClientUpdate, LayerReport, Reconstruction
 
 log = logging.getLogger(__name__)
 
 SMALL_LAYER_WORK = 2e7  # unknowns x taps per filter below which one CPU thread is fastest
-SOLVERS = ("auto", "iterative", "dense", "sparse", "lstsq")
 SUPPORTED_LAYERS = "bias-free nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear"
 
 
@@ -107,9 +109,9 @@ def choose_candidate(candidates: list[Reconstruction], tolerance: float = 10.0) 
     exactly consistent reconstructions that differ by a scale; only the public prior that inputs are images in
     [0, 1] tells them apart.
     """
-    floor = min(rec.info["mean_residual_rel"] for rec in candidates)
-    consistent = [rec for rec in candidates if rec.info["mean_residual_rel"] <= tolerance * floor + 1e-9]
-    return min(consistent, key=lambda rec: rec.info["range_violation"])
+    floor = min(rec.residual_rel for rec in candidates)
+    consistent = [rec for rec in candidates if rec.residual_rel <= tolerance * floor + 1e-9]
+    return min(consistent, key=lambda rec: rec.range_violation)
 
 
 def describe_op(op: nn.Conv2d | nn.Linear) -> str:
@@ -123,39 +125,23 @@ def describe_op(op: nn.Conv2d | nn.Linear) -> str:
 class RGAP:
     """The attack plugin (`attack=rgap`)."""
 
-    def __init__(
-        self,
-        name: str = "rgap",
-        dtype: str = "float64",
-        solver: str = "auto",
-        rank: str = "auto",
-        rank_max_unknowns: int = 6000,
-        null_max_unknowns: int = 16000,
-        refine_steps: int = 2,
-        scale_rows: bool = True,
-        rcond: float = 1e-10,
-        tol: float = 1e-11,
-        max_iter: int = 3000,
-        carry_null_space: bool = True,
-    ) -> None:
-        if dtype not in ("float64", "float32"):
-            raise ConfigError(f"attack.dtype must be float64 or float32, got {dtype!r}")
-        if rank not in ("auto", "exact", "off"):
-            raise ConfigError(f"attack.rank must be auto, exact or off, got {rank!r}")
-        if solver not in SOLVERS:
-            raise ConfigError(f"attack.solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-        self.name = name
-        self.dtype = torch.float64 if dtype == "float64" else torch.float32
-        self.solver = solver
-        self.rank = rank
-        self.rank_max_unknowns = rank_max_unknowns
-        self.null_max_unknowns = null_max_unknowns
-        self.refine_steps = refine_steps
-        self.scale_rows = scale_rows
-        self.rcond = rcond
-        self.tol = tol
-        self.max_iter = max_iter
-        self.carry_null_space = carry_null_space
+    update_kinds = ("gradient",)
+
+    def __init__(self, options: RGAPOptions | None = None, /, **overrides: Any) -> None:
+        self.options = build_options(RGAPOptions, options, overrides)
+        opts = self.options
+        self.name = opts.name
+        self.dtype = torch.float64 if opts.dtype == "float64" else torch.float32
+        self.solver = opts.solver
+        self.rank = opts.rank
+        self.rank_max_unknowns = opts.rank_max_unknowns
+        self.null_max_unknowns = opts.null_max_unknowns
+        self.refine_steps = opts.refine_steps
+        self.scale_rows = opts.scale_rows
+        self.rcond = opts.rcond
+        self.tol = opts.tol
+        self.max_iter = opts.max_iter
+        self.carry_null_space = opts.carry_null_space
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
         with conv_tf32(False):  # every solve goes through convolutions: float32 must stay IEEE float32 on a GPU
@@ -273,16 +259,20 @@ class RGAP:
         reports.reverse()
         residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
         image = x_next.reshape(1, *layers[0].in_shape).float().cpu()
+        residual = float(np.mean(residuals))
+        violation = float((image - image.clamp(0, 1)).abs().mean())
         return Reconstruction(
             inputs=image,
             labels=torch.tensor([label]),
             layers=reports,
+            residual_rel=residual,
+            range_violation=violation,
             info={
                 "label": label,
                 "u": float(u),
                 "mu": float(mu),
-                "mean_residual_rel": float(np.mean(residuals)),
-                "range_violation": float((image - image.clamp(0, 1)).abs().mean()),
+                "mean_residual_rel": residual,
+                "range_violation": violation,
             },
         )
 

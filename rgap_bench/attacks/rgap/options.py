@@ -1,0 +1,34 @@
+"""R-GAP's options: the single home of their defaults (the Hydra schema `attack=rgap` subclasses this)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rgap_bench.errors import ConfigError
+
+SOLVERS = ("auto", "iterative", "dense", "sparse", "lstsq")
+
+
+@dataclass
+class RGAPOptions:
+    name: str = "rgap"
+    dtype: str = "float64"  # float64 | float32
+    solver: str = "auto"  # auto | iterative | dense | sparse | lstsq (the last is the naive reference)
+    rank: str = "auto"  # auto | exact | off: numerical rank of each layer's system
+    # auto: dense exact rank up to this many unknowns; any size when the gradient rows alone prove full rank
+    rank_max_unknowns: int = 6000
+    null_max_unknowns: int = 16000  # auto: also up to this many when the counting bound predicts a null space
+    refine_steps: int = 2  # iterative-refinement steps after the normal-equation solve
+    scale_rows: bool = True  # normalise each constraint row; without it gradient rows drown
+    rcond: float = 1e-10  # relative eigenvalue cut-off for rank-deficient normal equations
+    tol: float = 1e-11  # iterative solver: relative residual of the normal equations
+    max_iter: int = 3000  # iterative solver: iteration cap per layer
+    carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float64", "float32"):
+            raise ConfigError(f"attack.dtype must be float64 or float32, got {self.dtype!r}")
+        if self.rank not in ("auto", "exact", "off"):
+            raise ConfigError(f"attack.rank must be auto, exact or off, got {self.rank!r}")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"attack.solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")

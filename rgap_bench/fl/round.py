@@ -18,12 +18,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from rgap_bench.data.base import ImageSource
-from rgap_bench.defenses.base import ClientContext
-from rgap_bench.defenses.utility import evaluate_utility
 from rgap_bench.fl.data import FederatedDataModule
 from rgap_bench.fl.server import pretrain
+from rgap_bench.fl.utility import evaluate_utility
 from rgap_bench.logging import write_json
-from rgap_bench.types import ClientUpdate, PrivateBatch
+from rgap_bench.types import ClientContext, ClientUpdate, PrivateBatch
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,7 @@ class ClientRound:
 
     def record(self) -> dict[str, Any]:
         """What metrics.json carries about the client side: the update's public metadata and the reports."""
-        meta = self.update.metadata
-        return {"update": {"kind": meta.kind, "batch_size": meta.batch_size, **meta.extra}, **self.reports}
+        return {"update": self.update.metadata.record(), **self.reports}
 
     def save(self, run_dir: Path) -> None:
         write_json(run_dir / CLIENT_FILE, self.record())
@@ -74,16 +72,14 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
     torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only, not on the data
     model = instantiate(cfg.model).to(device)
     client = instantiate(cfg.client, model=model).to(device)
-    reports["pretrain"] = pretrain(
-        model, cfg.pretrain, data, client.loss_name, batch.indices, run_dir, device, cfg.seed
-    )
+    reports["pretrain"] = pretrain(model, cfg.pretrain, data, client.loss, batch.indices, run_dir, device, cfg.seed)
     if cfg.pretrain.epochs > 0:
         summary["pretrain/train_acc"] = reports["pretrain"]["train_acc_eval"]
 
     targets = client.targets(batch)
     update = client.compute_update(batch, targets)
     defense = instantiate(cfg.defense)
-    context = ClientContext(model, batch.inputs.to(device), targets, client.loss_name, client.reduction, dataset_size)
+    context = ClientContext(model, batch.inputs.to(device), targets, client.loss, dataset_size)
     update = defense(update, context)
     report = defense.report()
     reports["defense_report"] = report
@@ -91,7 +87,7 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
     if "epsilon" in report:
         summary["privacy/epsilon"] = report["epsilon"]
     if cfg.defense.utility:
-        utility = evaluate_utility(model, cfg.defense, data, client.loss_name, batch.indices, device, cfg.seed)
+        utility = evaluate_utility(model, cfg.defense, data, client.loss, batch.indices, device, cfg.seed)
         reports["utility"] = utility
         summary["utility/test_acc"] = utility["test_acc"]
         if "epsilon" in utility:

@@ -16,17 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rgap_bench.errors import RGapBenchError
+from rgap_bench.errors import RGapBenchError, root_cause
 from rgap_bench.fl.round import run_client_round, saved_record
 from rgap_bench.fl.updates import as_gradient
 from rgap_bench.logging import (
-    NullLogger,
     RunLogger,
+    make_logger,
     print_layer_table,
     print_summary,
     save_comparison,
@@ -45,13 +44,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RGapBenchError(f"device={name} was requested but no CUDA device is available; use device=cpu")
     return torch.device(name)
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """Hydra wraps errors raised while instantiating; the user needs the original message."""
-    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
 
 
 def _run_description(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
@@ -164,25 +156,17 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
     return results
 
 
-def _make_logger(cfg: DictConfig) -> RunLogger:
-    try:
-        return instantiate(cfg.logger)
-    except Exception as exc:
-        log.warning("logger could not be built (%s); continuing without tracking", _root_cause(exc))
-        return NullLogger()
-
-
 def run_task(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra task: run one job, record failures, never let a sweep die with one job."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    logger = _make_logger(cfg)
+    logger = make_logger(cfg)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), run_dir.name)
     try:
         results = run_experiment(cfg, run_dir, logger)
     except Exception as exc:
-        cause = _root_cause(exc)
+        cause = root_cause(exc)
         message = f"{type(cause).__name__}: {cause}"
         record = {"status": "failed", "error": message, **saved_record(run_dir), "versions": package_versions()}
         write_json(run_dir / "metrics.json", record)

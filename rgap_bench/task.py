@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rgap_bench.attacks.base import Attack
 from rgap_bench.errors import RGapBenchError, root_cause
 from rgap_bench.fl.round import run_client_round, saved_record
 from rgap_bench.fl.updates import as_gradient
@@ -72,8 +73,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
     batch, model, targets, update = fl_round.batch, fl_round.model, fl_round.targets, fl_round.update
     fl_round.save(run_dir)
 
-    attack = instantiate(cfg.attack)
-    if update.metadata.kind not in getattr(attack, "update_kinds", ("gradient",)):
+    attack: Attack = instantiate(cfg.attack)
+    if update.metadata.kind not in attack.update_kinds:
         update = as_gradient(update)  # FedAvg: the attacker's gradient estimate from public metadata
     server_model = copy.deepcopy(model).eval()
     log.info("running attack %s on %s", cfg.attack.name, cfg.model.name)

@@ -54,6 +54,8 @@ class Candidate:
 class GradientMatchingAttack:
     """Find inputs whose gradient matches the shared one; `__call__(model, update)` sees nothing else."""
 
+    update_kinds: tuple[str, ...] = ("gradient",)  # FedSGD gradients (the runner converts FedAvg deltas)
+
     def __init__(
         self,
         name: str = "matching",

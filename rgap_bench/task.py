@@ -32,8 +32,8 @@ from rgap_bench.logging import (
     save_comparison,
     write_json,
 )
-from rgap_bench.metrics import METRICS_SPEC, label_accuracy, reconstruction_metrics
-from rgap_bench.provenance import package_versions
+from rgap_bench.rank.report import write_run_rank
+from rgap_bench.run_metrics import FAILED_SUMMARY, RunMetrics, failed_record
 from rgap_bench.types import Reconstruction
 
 log = logging.getLogger(__name__)
@@ -82,77 +82,46 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
     reconstruction: Reconstruction = attack(server_model, update)
     attack_time = time.perf_counter() - start
 
-    originals = batch.inputs.cpu()
-    scores = reconstruction_metrics(reconstruction.inputs.detach().cpu(), originals, combined=reconstruction.combined)
-    label_acc = None
-    if reconstruction.labels is not None and not reconstruction.combined:
-        label_acc = label_accuracy(reconstruction.labels.cpu(), targets.cpu(), scores["assignment"])
+    metrics = RunMetrics.score(
+        reconstruction,
+        batch.inputs,
+        targets,
+        labels_shared=update.metadata.labels is not None,
+        attack_time_s=attack_time,
+        indices=batch.indices.tolist(),
+        run=_run_description(cfg, device),
+        client=fl_round.record(),
+    )
+    results = metrics.record()
     layers = [layer.as_dict() for layer in reconstruction.layers]
-    deficiency = [layer["rank_deficiency"] for layer in layers if layer["rank_deficiency"] is not None]
-
-    results = {
-        "status": "ok",
-        "mse": scores["mse"],
-        "mse_unclamped": scores["mse_unclamped"],
-        "psnr": scores["psnr"],
-        "ssim": scores["ssim"],
-        "exact_rate": scores["exact_rate"],
-        "label_acc": label_acc,
-        "label_source": "shared" if update.metadata.labels is not None else "inferred",
-        "attack_time_s": attack_time,
-        "rank_deficiency": sum(deficiency) if deficiency else None,
-        "combined": reconstruction.combined,
-        "per_image": scores["per_image"],
-        "assignment": scores["assignment"],
-        "indices": batch.indices.tolist(),
-        "run": _run_description(cfg, device),
-        "attack_info": reconstruction.info,
-        **fl_round.record(),
-        "spec": METRICS_SPEC,
-        "versions": package_versions(),
-    }
     write_json(run_dir / "metrics.json", results)
     write_json(run_dir / "layers.json", {"layers": layers, "info": reconstruction.info})
-    from rgap_bench.rank.report import write_run_rank  # architecture rank analysis; never fails the run
-
-    write_run_rank(server_model, run_dir, layers, logger)
-    summary = {
-        "recon/mse": results["mse"],
-        "recon/psnr": results["psnr"],
-        "recon/ssim": results["ssim"],
-        "recon/exact_rate": results["exact_rate"],
-        "attack/time_s": attack_time,
-        **fl_round.summary,
-    }
-    if label_acc is not None:
-        summary["recon/label_acc"] = label_acc
-    if results["rank_deficiency"] is not None:
-        summary["rank/deficiency"] = results["rank_deficiency"]
-    logger.log_summary(summary)
+    write_run_rank(server_model, run_dir, layers, logger)  # architecture rank analysis; never fails the run
+    logger.log_summary(metrics.summary())
     if layers:
         logger.log_table("layers", layers)
     if cfg.save_images:
         image_path = run_dir / "reconstruction.png"
         save_comparison(
-            originals,
+            batch.inputs.cpu(),
             reconstruction.inputs.detach().cpu(),
             image_path,
             titles={"figure": f"{cfg.attack.name} on {cfg.model.name} ({data.name})"},
-            per_image_psnr=[p["psnr"] for p in scores["per_image"]],
+            per_image_psnr=[p["psnr"] for p in metrics.per_image],
         )
         logger.log_image("reconstruction", image_path, caption="top: private originals, bottom: reconstructions")
     if cfg.print_summary:
         if layers:
             print_layer_table(layers, title=f"{cfg.attack.name}: per-layer solve ({cfg.model.name})")
         rows = [
-            ("PSNR (dB)", f"{results['psnr']:.2f}"),
-            ("MSE", f"{results['mse']:.3e}"),
-            ("SSIM", f"{results['ssim']:.4f}"),
+            ("PSNR (dB)", f"{metrics.psnr:.2f}"),
+            ("MSE", f"{metrics.mse:.3e}"),
+            ("SSIM", f"{metrics.ssim:.4f}"),
             ("attack time (s)", f"{attack_time:.2f}"),
             ("run directory", str(run_dir)),
         ]
-        if results["rank_deficiency"]:
-            rows.insert(3, ("rank deficiency", str(results["rank_deficiency"])))
+        if metrics.rank_deficiency:
+            rows.insert(3, ("rank deficiency", str(metrics.rank_deficiency)))
         print_summary(rows, title=f"{cfg.attack.name} on {cfg.model.name}, {data.name} #{batch.indices.tolist()}")
     return results
 
@@ -169,9 +138,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any] | None:
     except Exception as exc:
         cause = root_cause(exc)
         message = f"{type(cause).__name__}: {cause}"
-        record = {"status": "failed", "error": message, **saved_record(run_dir), "versions": package_versions()}
-        write_json(run_dir / "metrics.json", record)
-        logger.log_summary({"status": "failed"})
+        write_json(run_dir / "metrics.json", failed_record(message, saved_record(run_dir)))
+        logger.log_summary(FAILED_SUMMARY)
         logger.finish(exit_code=1)
         if multirun:
             log.error("job failed, the sweep goes on: %s", message, exc_info=not isinstance(cause, RGapBenchError))

@@ -137,11 +137,15 @@ def test_dpsgd_round_reports_epsilon_for_the_clients_sampling_rate(tmp_path):
     from hydra.utils import instantiate
 
     from rgap_bench.fl.round import run_client_round
+    from rgap_bench.run_metrics import client_summary
     from tests.test_defenses import _compose
 
     cfg = _compose("defense=dpsgd", "model=convnet", "data.image_size=8", "fl.num_clients=4", "logger=none")
     fl_round = run_client_round(cfg, instantiate(cfg.data), tmp_path, torch.device("cpu"))
     report = fl_round.reports["defense_report"]
     assert report["steps"][0]["sample_rate"] == pytest.approx(1 / 10)  # 40 photos, 4 IID clients, batch 1
-    assert 0 < report["epsilon"] < float("inf") and fl_round.summary["privacy/epsilon"] == report["epsilon"]
+    assert (
+        0 < report["epsilon"] < float("inf")
+        and client_summary(fl_round.record())["privacy/epsilon"] == report["epsilon"]
+    )
     assert fl_round.reports["fl"]["client_samples"] == 10

@@ -36,7 +36,6 @@ class ClientRound:
     targets: Tensor
     update: ClientUpdate  # as sent: after the defences
     reports: dict[str, Any] = field(default_factory=dict)  # defense_report, pretrain, fl, utility -> metrics.json
-    summary: dict[str, float] = field(default_factory=dict)  # W&B summary keys
 
     def record(self) -> dict[str, Any]:
         """What metrics.json carries about the client side: the update's public metadata and the reports."""
@@ -54,7 +53,6 @@ def saved_record(run_dir: Path) -> dict[str, Any]:
 
 def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: torch.device) -> ClientRound:
     reports: dict[str, Any] = {}
-    summary: dict[str, float] = {}
     dataset_size = len(data.dataset)
     if cfg.fl.num_clients > 1:
         federation = FederatedDataModule(
@@ -73,8 +71,6 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
     model = instantiate(cfg.model).to(device)
     client = instantiate(cfg.client, model=model).to(device)
     reports["pretrain"] = pretrain(model, cfg.pretrain, data, client.loss, batch.indices, run_dir, device, cfg.seed)
-    if cfg.pretrain.epochs > 0:
-        summary["pretrain/train_acc"] = reports["pretrain"]["train_acc_eval"]
 
     targets = client.targets(batch)
     update = client.compute_update(batch, targets)
@@ -83,14 +79,8 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
     update = defense(update, context)
     report = defense.report()
     reports["defense_report"] = report
-    summary["defense/distortion"] = report["distortion"]
-    if "epsilon" in report:
-        summary["privacy/epsilon"] = report["epsilon"]
     if cfg.defense.utility:
         utility = evaluate_utility(model, cfg.defense, data, client.loss, batch.indices, device, cfg.seed)
         reports["utility"] = utility
-        summary["utility/test_acc"] = utility["test_acc"]
-        if "epsilon" in utility:
-            summary["utility/epsilon"] = utility["epsilon"]
         log.info("utility with defence %s: test accuracy %.3f", report["name"], utility["test_acc"])
-    return ClientRound(batch, model, targets, update, reports, summary)
+    return ClientRound(batch, model, targets, update, reports)

@@ -15,3 +15,12 @@ class InvalidUpdateError(RGapBenchError, ValueError):
 
 class ConfigError(RGapBenchError, ValueError):
     """A configuration value is inconsistent in a way the schema cannot express."""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """Hydra wraps errors raised while instantiating a plugin; the user needs the original message."""
+    from hydra.errors import InstantiationException  # only the runner's layers call this; keep this module bare
+
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc

@@ -16,24 +16,24 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rgap_bench.errors import RGapBenchError
+from rgap_bench.attacks.base import Attack
+from rgap_bench.errors import RGapBenchError, root_cause
 from rgap_bench.fl.round import run_client_round, saved_record
 from rgap_bench.fl.updates import as_gradient
 from rgap_bench.logging import (
-    NullLogger,
     RunLogger,
+    make_logger,
     print_layer_table,
     print_summary,
     save_comparison,
     write_json,
 )
-from rgap_bench.metrics import METRICS_SPEC, label_accuracy, reconstruction_metrics
-from rgap_bench.provenance import package_versions
+from rgap_bench.rank.report import write_run_rank
+from rgap_bench.run_metrics import FAILED_SUMMARY, RunMetrics, failed_record
 from rgap_bench.types import Reconstruction
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RGapBenchError(f"device={name} was requested but no CUDA device is available; use device=cpu")
     return torch.device(name)
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """Hydra wraps errors raised while instantiating; the user needs the original message."""
-    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
 
 
 def _run_description(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
@@ -80,8 +73,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
     batch, model, targets, update = fl_round.batch, fl_round.model, fl_round.targets, fl_round.update
     fl_round.save(run_dir)
 
-    attack = instantiate(cfg.attack)
-    if update.metadata.kind not in getattr(attack, "update_kinds", ("gradient",)):
+    attack: Attack = instantiate(cfg.attack)
+    if update.metadata.kind not in attack.update_kinds:
         update = as_gradient(update)  # FedAvg: the attacker's gradient estimate from public metadata
     server_model = copy.deepcopy(model).eval()
     log.info("running attack %s on %s", cfg.attack.name, cfg.model.name)
@@ -89,87 +82,48 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
     reconstruction: Reconstruction = attack(server_model, update)
     attack_time = time.perf_counter() - start
 
-    originals = batch.inputs.cpu()
-    scores = reconstruction_metrics(reconstruction.inputs.detach().cpu(), originals, combined=reconstruction.combined)
-    label_acc = None
-    if reconstruction.labels is not None and not reconstruction.combined:
-        label_acc = label_accuracy(reconstruction.labels.cpu(), targets.cpu(), scores["assignment"])
+    metrics = RunMetrics.score(
+        reconstruction,
+        batch.inputs,
+        targets,
+        labels_shared=update.metadata.labels is not None,
+        attack_time_s=attack_time,
+        indices=batch.indices.tolist(),
+        run=_run_description(cfg, device),
+        client=fl_round.record(),
+    )
+    results = metrics.record()
     layers = [layer.as_dict() for layer in reconstruction.layers]
-    deficiency = [layer["rank_deficiency"] for layer in layers if layer["rank_deficiency"] is not None]
-
-    results = {
-        "status": "ok",
-        "mse": scores["mse"],
-        "mse_unclamped": scores["mse_unclamped"],
-        "psnr": scores["psnr"],
-        "ssim": scores["ssim"],
-        "exact_rate": scores["exact_rate"],
-        "label_acc": label_acc,
-        "label_source": "shared" if update.metadata.labels is not None else "inferred",
-        "attack_time_s": attack_time,
-        "rank_deficiency": sum(deficiency) if deficiency else None,
-        "combined": reconstruction.combined,
-        "per_image": scores["per_image"],
-        "assignment": scores["assignment"],
-        "indices": batch.indices.tolist(),
-        "run": _run_description(cfg, device),
-        "attack_info": reconstruction.info,
-        **fl_round.record(),
-        "spec": METRICS_SPEC,
-        "versions": package_versions(),
-    }
     write_json(run_dir / "metrics.json", results)
     write_json(run_dir / "layers.json", {"layers": layers, "info": reconstruction.info})
-    from rgap_bench.rank.report import write_run_rank  # architecture rank analysis; never fails the run
-
-    write_run_rank(server_model, run_dir, layers, logger)
-    summary = {
-        "recon/mse": results["mse"],
-        "recon/psnr": results["psnr"],
-        "recon/ssim": results["ssim"],
-        "recon/exact_rate": results["exact_rate"],
-        "attack/time_s": attack_time,
-        **fl_round.summary,
-    }
-    if label_acc is not None:
-        summary["recon/label_acc"] = label_acc
-    if results["rank_deficiency"] is not None:
-        summary["rank/deficiency"] = results["rank_deficiency"]
-    logger.log_summary(summary)
+    write_run_rank(server_model, run_dir, layers, logger)  # architecture rank analysis; never fails the run
+    logger.log_summary(metrics.summary())
     if layers:
         logger.log_table("layers", layers)
     if cfg.save_images:
         image_path = run_dir / "reconstruction.png"
         save_comparison(
-            originals,
+            batch.inputs.cpu(),
             reconstruction.inputs.detach().cpu(),
             image_path,
             titles={"figure": f"{cfg.attack.name} on {cfg.model.name} ({data.name})"},
-            per_image_psnr=[p["psnr"] for p in scores["per_image"]],
+            per_image_psnr=[p["psnr"] for p in metrics.per_image],
         )
         logger.log_image("reconstruction", image_path, caption="top: private originals, bottom: reconstructions")
     if cfg.print_summary:
         if layers:
             print_layer_table(layers, title=f"{cfg.attack.name}: per-layer solve ({cfg.model.name})")
         rows = [
-            ("PSNR (dB)", f"{results['psnr']:.2f}"),
-            ("MSE", f"{results['mse']:.3e}"),
-            ("SSIM", f"{results['ssim']:.4f}"),
+            ("PSNR (dB)", f"{metrics.psnr:.2f}"),
+            ("MSE", f"{metrics.mse:.3e}"),
+            ("SSIM", f"{metrics.ssim:.4f}"),
             ("attack time (s)", f"{attack_time:.2f}"),
             ("run directory", str(run_dir)),
         ]
-        if results["rank_deficiency"]:
-            rows.insert(3, ("rank deficiency", str(results["rank_deficiency"])))
+        if metrics.rank_deficiency:
+            rows.insert(3, ("rank deficiency", str(metrics.rank_deficiency)))
         print_summary(rows, title=f"{cfg.attack.name} on {cfg.model.name}, {data.name} #{batch.indices.tolist()}")
     return results
-
-
-def _make_logger(cfg: DictConfig) -> RunLogger:
-    try:
-        return instantiate(cfg.logger)
-    except Exception as exc:
-        log.warning("logger could not be built (%s); continuing without tracking", _root_cause(exc))
-        return NullLogger()
 
 
 def run_task(cfg: DictConfig) -> dict[str, Any] | None:
@@ -177,16 +131,15 @@ def run_task(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    logger = _make_logger(cfg)
+    logger = make_logger(cfg)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), run_dir.name)
     try:
         results = run_experiment(cfg, run_dir, logger)
     except Exception as exc:
-        cause = _root_cause(exc)
+        cause = root_cause(exc)
         message = f"{type(cause).__name__}: {cause}"
-        record = {"status": "failed", "error": message, **saved_record(run_dir), "versions": package_versions()}
-        write_json(run_dir / "metrics.json", record)
-        logger.log_summary({"status": "failed"})
+        write_json(run_dir / "metrics.json", failed_record(message, saved_record(run_dir)))
+        logger.log_summary(FAILED_SUMMARY)
         logger.finish(exit_code=1)
         if multirun:
             log.error("job failed, the sweep goes on: %s", message, exc_info=not isinstance(cause, RGapBenchError))

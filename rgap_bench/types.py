@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
+
+from rgap_bench.losses import Loss
 
 
 @dataclass(frozen=True)
@@ -31,15 +33,45 @@ class PrivateBatch:
 
 @dataclass(frozen=True)
 class UpdateMetadata:
-    """Public facts about an update that a server knows or is told."""
+    """Public facts about an update that a server knows or is told.
+
+    FedAvg's local-training fields are typed because the attacker reads them (`fl.updates.as_gradient`); they are
+    None for a FedSGD gradient.
+    """
 
     kind: str  # "gradient" (FedSGD) or "weight_delta" (FedAvg)
     batch_size: int
-    loss: str  # e.g. "binary_logistic"
-    reduction: str  # how per-sample losses were combined: "mean" or "sum"
+    loss: Loss  # the client loss, with its reduction
     input_shape: tuple[int, ...]  # (C, H, W) of one sample
     labels: Tensor | None = None  # shared only under the paper's "label known" threat model
-    extra: dict[str, Any] = field(default_factory=dict)
+    client_loss: float | None = None  # the loss value the client saw (FedAvg: at its first local step)
+    local_steps: int | None = None  # FedAvg: SGD steps taken
+    local_epochs: int | None = None  # FedAvg: passes over the client's data (a started pass counts)
+    lr: float | None = None  # FedAvg: local learning rate
+    local_batch_size: int | None = None  # FedAvg: local mini-batch size
+    training: bool | None = None  # the model's mode (dropout, batch-norm) when the client computed the update
+    defenses: tuple[str, ...] = ()  # the defences applied, in order
+    converted_from: str | None = None  # "weight_delta" when an attacker read a FedAvg delta as a gradient
+
+    @property
+    def exact_conversion(self) -> bool | None:
+        """Whether a converted update is exactly the gradient (one local step); None when not converted."""
+        return None if self.converted_from is None else self.local_steps == 1
+
+    def record(self) -> dict[str, Any]:
+        """The public metadata as `client.json` and `metrics.json` carry it (`update`): only what was set."""
+        out: dict[str, Any] = {"kind": self.kind, "batch_size": self.batch_size}
+        if self.lr is not None:  # a FedAvg update: its local-training facts
+            out.update(
+                local_steps=self.local_steps,
+                local_epochs=self.local_epochs,
+                lr=self.lr,
+                local_batch_size=self.local_batch_size,
+            )
+        out["client_loss"] = self.client_loss
+        if self.defenses:
+            out["defenses"] = list(self.defenses)
+        return out
 
 
 @dataclass(frozen=True)
@@ -48,6 +80,21 @@ class ClientUpdate:
 
     tensors: dict[str, Tensor]
     metadata: UpdateMetadata
+
+
+@dataclass(frozen=True)
+class ClientContext:
+    """The client-side facts a defence may need: the model the update was computed on, and the private data.
+
+    Built by the client side (`fl`) and handed to defences, never to attacks; it lives here so that defences need
+    nothing from `fl`.
+    """
+
+    model: nn.Module
+    inputs: Tensor
+    targets: Tensor
+    loss: Loss
+    dataset_size: int | None = None  # size of the client's local dataset (DP sampling rate)
 
 
 @dataclass

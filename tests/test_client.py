@@ -1,6 +1,9 @@
+import pytest
 import torch
 
+from rgap_bench.errors import ConfigError
 from rgap_bench.fl.client import FedSGDClient
+from rgap_bench.losses import BinaryLogistic
 from rgap_bench.models import build_convnet
 from tests.conftest import photo_batch
 
@@ -22,7 +25,10 @@ def test_gradient_equals_hand_computed_logistic_gradient():
     expected = (torch.sigmoid(torch.tensor(mu, dtype=torch.float64)) - t) * x  # dL/dw of BCE on the logit
     assert torch.allclose(update.tensors["blocks.0.op.weight"].reshape(-1).double(), expected, atol=1e-6)
     assert update.metadata.kind == "gradient" and update.metadata.batch_size == 1
-    assert update.metadata.loss == "binary_logistic" and update.metadata.input_shape == (1, 4, 4)
+    assert update.metadata.loss == BinaryLogistic("mean") and update.metadata.input_shape == (1, 4, 4)
+    loss = float(torch.nn.functional.softplus(torch.tensor(-(2 * t - 1) * mu)))  # log(1 + exp(-y mu)), y = 2t - 1
+    record = {"kind": "gradient", "batch_size": 1, "client_loss": pytest.approx(loss, rel=1e-5)}
+    assert update.metadata.record() == record  # what client.json carries under "update"
 
 
 def test_flip_prediction_labels_are_the_opposite_of_the_prediction():
@@ -57,3 +63,8 @@ def test_cross_entropy_client_uses_class_labels():
     assert torch.allclose(update.tensors["blocks.0.op.weight"], expected, atol=1e-6)
     flipped = FedSGDClient(model, loss="cross_entropy").targets(batch)
     assert int(flipped[0]) != int(model(batch.inputs).argmax(1)[0])
+
+
+def test_unknown_loss_is_refused_when_the_client_is_built():
+    with pytest.raises(ConfigError, match="unknown client loss 'hinge'"):
+        FedSGDClient(_linear_model(), loss="hinge")

@@ -10,7 +10,6 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from rgap_bench.defenses.base import ClientContext
 from rgap_bench.defenses.clipping import Clipping
 from rgap_bench.defenses.dpsgd import DPSGD, rdp_epsilon
 from rgap_bench.defenses.gaussian import GaussianNoise
@@ -19,15 +18,16 @@ from rgap_bench.defenses.pruning import Pruning
 from rgap_bench.defenses.quantization import Quantization
 from rgap_bench.errors import ConfigError
 from rgap_bench.fl.client import FedSGDClient
+from rgap_bench.losses import BinaryLogistic
 from rgap_bench.models import build_convnet
-from rgap_bench.types import ClientUpdate, UpdateMetadata
+from rgap_bench.types import ClientContext, ClientUpdate, UpdateMetadata
 
 
 def known_update(n: int = 200_000, value: float | None = 0.0) -> ClientUpdate:
     """Constant `value` everywhere, or standard normal entries when `value` is None."""
     g = torch.Generator().manual_seed(1)
     base = torch.randn(n, generator=g) if value is None else torch.full((n,), value)
-    meta = UpdateMetadata(kind="gradient", batch_size=1, loss="binary_logistic", reduction="mean", input_shape=(1,))
+    meta = UpdateMetadata(kind="gradient", batch_size=1, loss=BinaryLogistic(), input_shape=(1,))
     return ClientUpdate({"a": base[: n // 2].view(-1, 100), "b": base[n // 2 :]}, meta)
 
 
@@ -44,7 +44,7 @@ def test_gaussian_noise_has_the_asked_statistics_and_is_seeded():
     assert float(noise.std()) == pytest.approx(0.1, rel=0.01)
     assert torch.equal(flat(GaussianNoise(sigma=0.1, seed=3)(update)), noise)
     assert not torch.equal(flat(GaussianNoise(sigma=0.1, seed=4)(update)), noise)
-    assert out.metadata.extra["defenses"] == ["gaussian"]
+    assert out.metadata.defenses == ("gaussian",)
 
 
 def test_laplace_noise_has_the_asked_statistics():
@@ -108,11 +108,9 @@ def _tiny_client_batch(batch: int = 4):
         torch.nn.functional.binary_cross_entropy_with_logits(model(inputs)[:, 0], targets.float()),
         list(model.parameters()),
     )
-    meta = UpdateMetadata(
-        kind="gradient", batch_size=batch, loss="binary_logistic", reduction="mean", input_shape=(1, 4, 4)
-    )
+    meta = UpdateMetadata(kind="gradient", batch_size=batch, loss=BinaryLogistic(), input_shape=(1, 4, 4))
     update = ClientUpdate(dict(zip([n for n, _ in model.named_parameters()], grads, strict=True)), meta)
-    context = ClientContext(model, inputs, targets, "binary_logistic", "mean", dataset_size=100)
+    context = ClientContext(model, inputs, targets, BinaryLogistic(), dataset_size=100)
     return client, update, context
 
 
@@ -163,7 +161,7 @@ def test_rdp_epsilon_of_the_full_batch_gaussian_mechanism_in_closed_form():
 
 def test_dpsgd_refuses_weight_deltas_and_late_positions():
     _, update, context = _tiny_client_batch()
-    delta = ClientUpdate(update.tensors, UpdateMetadata("weight_delta", 4, "binary_logistic", "mean", (1, 4, 4)))
+    delta = ClientUpdate(update.tensors, UpdateMetadata("weight_delta", 4, BinaryLogistic(), (1, 4, 4)))
     with pytest.raises(ConfigError, match="fedsgd"):
         DPSGD(1.0, 1.0)(delta, context)
     with pytest.raises(ConfigError, match="first"):
@@ -185,7 +183,7 @@ def test_defences_compose_in_the_order_selected():
     assert report["name"] == "clipping+gaussian+pruning"
     assert [s["name"] for s in report["steps"]] == ["clipping", "gaussian", "pruning"]
     assert report["steps"][0]["max_norm"] == 0.5 and report["steps"][1]["sigma"] == 0.01
-    assert report["distortion"] > 0 and out.metadata.extra["defenses"] == ["clipping", "gaussian", "pruning"]
+    assert report["distortion"] > 0 and out.metadata.defenses == ("clipping", "gaussian", "pruning")
     assert float((flat(out) != 0).double().mean()) == pytest.approx(0.1, abs=1e-3)
 
 

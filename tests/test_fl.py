@@ -15,6 +15,7 @@ from rgap_bench.fl.data import FederatedDataModule, partition, partition_stats
 from rgap_bench.fl.fedavg import FedAvgClient
 from rgap_bench.fl.server import load_checkpoint, pretrain, save_checkpoint
 from rgap_bench.fl.updates import as_gradient
+from rgap_bench.losses import BinaryLogistic
 from rgap_bench.models import build_convnet, cnn6
 from tests.conftest import photo_batch
 from tests.test_cli import run_cli
@@ -39,9 +40,9 @@ def test_fedavg_one_step_is_the_scaled_fedsgd_gradient(precision, rtol):
     gradient = FedSGDClient(model).compute_update(batch)
     update = FedAvgClient(model, local_steps=1, lr=0.1, precision=precision).compute_update(batch)
     assert update.metadata.kind == "weight_delta"
-    assert update.metadata.extra["local_steps"] == 1 and update.metadata.extra["lr"] == 0.1
+    assert update.metadata.local_steps == 1 and update.metadata.lr == 0.1
     converted = as_gradient(update)
-    assert converted.metadata.kind == "gradient" and converted.metadata.extra["exact_conversion"]
+    assert converted.metadata.kind == "gradient" and converted.metadata.exact_conversion
     for name, g in gradient.tensors.items():
         assert update.tensors[name].dtype == g.dtype
         assert torch.linalg.vector_norm(converted.tensors[name] - g) <= rtol * torch.linalg.vector_norm(g)
@@ -53,9 +54,9 @@ def test_fedavg_many_steps_reports_them_and_drifts_from_the_gradient():
     batch = photo_batch(image_size=8, index=0)
     gradient = FedSGDClient(model).compute_update(batch)
     update = FedAvgClient(model, local_steps=4, lr=0.5).compute_update(batch)
-    assert update.metadata.extra["local_steps"] == 4
+    assert update.metadata.local_steps == 4
     converted = as_gradient(update)
-    assert not converted.metadata.extra["exact_conversion"]
+    assert converted.metadata.exact_conversion is False
     name = "blocks.0.op.weight"
     assert not torch.allclose(converted.tensors[name], gradient.tensors[name], rtol=1e-2)
 
@@ -102,17 +103,17 @@ def test_pretraining_trains_caches_and_reloads(tmp_path):
     cfg = SimpleNamespace(epochs=2, lr=0.05, momentum=0.9, batch_size=8, checkpoint=None, exclude_private=True)
     model = small_model()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    report = pretrain(model, cfg, source, "binary_logistic", torch.tensor([0]), tmp_path, torch.device("cpu"), 0)
+    report = pretrain(model, cfg, source, BinaryLogistic(), torch.tensor([0]), tmp_path, torch.device("cpu"), 0)
     assert not report["loaded"] and report["train_samples"] == len(source.dataset) - 1
     assert 0 <= report["train_acc_eval"] <= 1 and report["excluded"] == [0]
     assert any(not torch.equal(p, start[n]) for n, p in model.named_parameters())
     again = small_model()
-    reloaded = pretrain(again, cfg, source, "binary_logistic", torch.tensor([0]), tmp_path, torch.device("cpu"), 0)
+    reloaded = pretrain(again, cfg, source, BinaryLogistic(), torch.tensor([0]), tmp_path, torch.device("cpu"), 0)
     assert reloaded["loaded"]
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(), strict=True))
     cfg.epochs = 3
     with pytest.raises(Exception, match="trained differently"):
-        pretrain(small_model(), cfg, source, "binary_logistic", torch.tensor([0]), tmp_path, torch.device("cpu"), 0)
+        pretrain(small_model(), cfg, source, BinaryLogistic(), torch.tensor([0]), tmp_path, torch.device("cpu"), 0)
 
 
 def test_cli_fedavg_one_step_on_a_pretrained_model_recovers_and_reports(tmp_path):
@@ -136,11 +137,15 @@ def test_dpsgd_round_reports_epsilon_for_the_clients_sampling_rate(tmp_path):
     from hydra.utils import instantiate
 
     from rgap_bench.fl.round import run_client_round
+    from rgap_bench.run_metrics import client_summary
     from tests.test_defenses import _compose
 
     cfg = _compose("defense=dpsgd", "model=convnet", "data.image_size=8", "fl.num_clients=4", "logger=none")
     fl_round = run_client_round(cfg, instantiate(cfg.data), tmp_path, torch.device("cpu"))
     report = fl_round.reports["defense_report"]
     assert report["steps"][0]["sample_rate"] == pytest.approx(1 / 10)  # 40 photos, 4 IID clients, batch 1
-    assert 0 < report["epsilon"] < float("inf") and fl_round.summary["privacy/epsilon"] == report["epsilon"]
+    assert (
+        0 < report["epsilon"] < float("inf")
+        and client_summary(fl_round.record())["privacy/epsilon"] == report["epsilon"]
+    )
     assert fl_round.reports["fl"]["client_samples"] == 10

@@ -21,9 +21,7 @@ from rgap_bench.attacks.matching import (
     LoopResult,
     LoopSettings,
     MatchingTarget,
-    hard_labels,
     optimise,
-    soft_label_shape,
     total_variation,
 )
 from rgap_bench.errors import ConfigError
@@ -55,6 +53,8 @@ class Candidate:
 
 class GradientMatchingAttack:
     """Find inputs whose gradient matches the shared one; `__call__(model, update)` sees nothing else."""
+
+    update_kinds: tuple[str, ...] = ("gradient",)  # FedSGD gradients (the runner converts FedAvg deltas)
 
     def __init__(
         self,
@@ -180,7 +180,7 @@ class GradientMatchingAttack:
         variables = [x.requires_grad_(True)]
         soft = hypothesis.labels is None
         if soft:
-            shape = soft_label_shape(target.loss, target.batch_size, target.outputs)
+            shape = target.loss.soft_label_shape(target.batch_size, target.outputs)
             variables.append(torch.randn(shape, generator=generator).to(target.device, target.dtype).requires_grad_())
         metric = DISTANCES[self.distance]
 
@@ -194,7 +194,7 @@ class GradientMatchingAttack:
         inputs = result.variables[0]
         if self.settings.box is not None:
             inputs = inputs.clamp(*self.settings.box)
-        labels = hard_labels(target.loss, result.variables[1]) if soft else hypothesis.labels
+        labels = target.loss.hard_labels(result.variables[1]) if soft else hypothesis.labels
         # The final score is the pure gradient distance at the returned point (no prior), comparable across runs.
         distance = target.distance(inputs, result.variables[1] if soft else labels, soft, self.distance)
         distance = distance if math.isfinite(distance) else math.inf

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class HGAP:
+    """The attack plugin (`attack=hgap`): R-GAP, then gradient matching where R-GAP's answer is not exact."""
+
+    update_kinds: tuple[str, ...] = ("gradient",)
+
     def __init__(
         self,
         name: str = "hgap",

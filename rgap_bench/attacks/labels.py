@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from rgap_bench.attacks.matching import MatchingTarget
+from rgap_bench.losses import BinaryLogistic, CrossEntropy
 
 
 def _head(target: MatchingTarget) -> tuple[Tensor, Tensor | None]:
@@ -71,11 +72,11 @@ def _binary_logistic(target: MatchingTarget) -> list[Tensor]:
 
 
 INFERENCE: dict[str, Callable[[MatchingTarget], list[Tensor]]] = {
-    "cross_entropy": _cross_entropy,
-    "binary_logistic": _binary_logistic,
+    CrossEntropy.name: _cross_entropy,
+    BinaryLogistic.name: _binary_logistic,
 }
 
 
 def infer_labels(target: MatchingTarget) -> list[Tensor]:
     """Candidate label vectors (B,) for the update's loss; [] when the loss admits no analytic answer."""
-    return [labels.to(target.device).long() for labels in INFERENCE[target.loss](target)]
+    return [labels.to(target.device).long() for labels in INFERENCE[target.loss.name](target)]

@@ -16,12 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from rgap_bench.errors import ConfigError, InvalidUpdateError
-from rgap_bench.fl.losses import client_loss
+from rgap_bench.losses import Loss
 from rgap_bench.types import ClientUpdate
 
 log = logging.getLogger(__name__)
@@ -66,33 +65,6 @@ def total_variation(x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------- the target
 
 
-def _soft_binary(logits: Tensor, label_logits: Tensor, reduction: str) -> Tensor:
-    return F.binary_cross_entropy_with_logits(logits[:, 0], torch.sigmoid(label_logits), reduction=reduction)
-
-
-def _soft_cross_entropy(logits: Tensor, label_logits: Tensor, reduction: str) -> Tensor:
-    return F.cross_entropy(logits, label_logits.softmax(dim=1), reduction=reduction)
-
-
-# Same losses as `client_loss`, with a soft (optimised) label given as logits; `client_loss` casts class targets to
-# integers, so a soft cross-entropy target cannot go through it.
-SOFT_LOSSES: dict[str, Callable[[Tensor, Tensor, str], Tensor]] = {
-    "binary_logistic": _soft_binary,
-    "cross_entropy": _soft_cross_entropy,
-}
-
-
-def soft_label_shape(loss: str, batch_size: int, outputs: int) -> tuple[int, ...]:
-    return (batch_size,) if loss == "binary_logistic" else (batch_size, outputs)
-
-
-def hard_labels(loss: str, label_logits: Tensor) -> Tensor:
-    """The class a soft label stands for."""
-    if loss == "binary_logistic":
-        return (label_logits > 0).long()
-    return label_logits.argmax(dim=1)
-
-
 @dataclass
 class MatchingTarget:
     """The global model (a private copy in the attack's dtype and the client's mode) and the gradient to match."""
@@ -101,8 +73,7 @@ class MatchingTarget:
     names: list[str]
     params: list[Tensor]
     shared: list[Tensor]
-    loss: str
-    reduction: str
+    loss: Loss  # the client's loss and reduction, from the update's metadata
     batch_size: int
     input_shape: tuple[int, ...]
     outputs: int
@@ -115,14 +86,11 @@ class MatchingTarget:
         meta = update.metadata
         if meta.kind != "gradient":
             raise InvalidUpdateError(f"gradient matching needs a FedSGD gradient; got an update of kind {meta.kind!r}")
-        if meta.loss not in SOFT_LOSSES:
-            raise ConfigError(f"no gradient-matching support for the client loss {meta.loss!r}")
         device = next(iter(update.tensors.values())).device
         work = copy.deepcopy(model).to(device=device, dtype=DTYPES[dtype])
         # The client's mode (dropout, batch-norm statistics) is public metadata; without it, keep the server's.
-        training = meta.extra.get("training")
-        if training is not None:
-            work.train(bool(training))
+        if meta.training is not None:
+            work.train(meta.training)
         named = dict(work.named_parameters())
         names, params, shared = [], [], []
         for name, grad in update.tensors.items():
@@ -139,7 +107,7 @@ class MatchingTarget:
             outputs = int(work(torch.zeros((1, *meta.input_shape), device=device, dtype=DTYPES[dtype])).shape[1])
         labels = None if meta.labels is None else meta.labels.reshape(-1).to(device).long()
         return cls(
-            work, names, params, shared, meta.loss, meta.reduction, meta.batch_size, tuple(meta.input_shape),
+            work, names, params, shared, meta.loss, meta.batch_size, tuple(meta.input_shape),
             outputs, labels,
         )  # fmt: skip
 
@@ -154,10 +122,7 @@ class MatchingTarget:
     def gradients(self, inputs: Tensor, labels: Tensor, soft: bool, create_graph: bool = True) -> list[Tensor]:
         """The gradient a client would send for (inputs, labels); differentiable w.r.t. both when asked."""
         logits = self.model(inputs)
-        if soft:
-            loss = SOFT_LOSSES[self.loss](logits, labels, self.reduction)
-        else:
-            loss = client_loss(self.loss, logits, labels, self.reduction)
+        loss = self.loss.soft(logits, labels) if soft else self.loss(logits, labels)
         return list(torch.autograd.grad(loss, self.params, create_graph=create_graph))
 
     def distance(self, inputs: Tensor, labels: Tensor, soft: bool = False, metric: str = "euclidean") -> float:

@@ -8,25 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from rgap_bench.types import ClientUpdate, UpdateMetadata
-
-
-@dataclass(frozen=True)
-class ClientContext:
-    """The client-side facts a defence may need: the model the update was computed on, and the private data."""
-
-    model: nn.Module
-    inputs: Tensor
-    targets: Tensor
-    loss: str
-    reduction: str
-    dataset_size: int | None = None  # size of the client's local dataset (DP sampling rate)
+from rgap_bench.types import ClientContext, ClientUpdate, UpdateMetadata
 
 
 def update_norm(tensors: dict[str, Tensor]) -> float:
@@ -64,8 +51,7 @@ class Defense(ABC):
         tensors = self.transform(update.tensors, update.metadata, context)
         self.calls += 1
         self._last["distortion"] = relative_distortion(update.tensors, tensors)
-        applied = [*update.metadata.extra.get("defenses", []), self.name]
-        metadata = dataclasses.replace(update.metadata, extra={**update.metadata.extra, "defenses": applied})
+        metadata = dataclasses.replace(update.metadata, defenses=(*update.metadata.defenses, self.name))
         return ClientUpdate(tensors, metadata)
 
     def report(self) -> dict[str, Any]:

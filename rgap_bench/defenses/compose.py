@@ -16,9 +16,9 @@ from typing import Any
 
 from hydra.utils import get_class
 
-from rgap_bench.defenses.base import ClientContext, Defense, relative_distortion
+from rgap_bench.defenses.base import Defense, relative_distortion
 from rgap_bench.errors import ConfigError
-from rgap_bench.types import ClientUpdate
+from rgap_bench.types import ClientContext, ClientUpdate
 
 # Keys of the defence config that configure the run around the defence, not a step.
 RUN_KEYS = ("name", "seed", "utility", "utility_epochs", "utility_lr", "utility_batch_size", "utility_test_fraction")

@@ -15,20 +15,21 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from rgap_bench.defenses.base import ClientContext, Defense
+from rgap_bench.defenses.base import Defense
 from rgap_bench.errors import ConfigError
-from rgap_bench.fl.losses import client_loss
-from rgap_bench.types import UpdateMetadata
+from rgap_bench.losses import Loss
+from rgap_bench.types import ClientContext, UpdateMetadata
 
 
-def per_sample_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, loss: str) -> dict[str, Tensor]:
+def per_sample_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, loss: Loss) -> dict[str, Tensor]:
     """Gradient of each sample's loss, stacked on a leading batch axis, for every trainable parameter."""
+    loss = loss.with_reduction("sum")
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
 
     def sample_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
-        return client_loss(loss, logits, y.unsqueeze(0), "sum")
+        return loss(logits, y.unsqueeze(0))
 
     return vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, inputs, targets)
 
@@ -84,13 +85,13 @@ class DPSGD(Defense):
             )
         if context is None:
             raise ConfigError("dpsgd needs the client's model and private batch (a ClientContext)")
-        if metadata.extra.get("defenses"):
+        if metadata.defenses:
             raise ConfigError("dpsgd recomputes the update from per-example gradients: put it first in the pipeline")
         grads = per_sample_gradients(context.model, context.inputs, context.targets, context.loss)
         batch = context.inputs.shape[0]
         norms = torch.linalg.vector_norm(torch.cat([g.flatten(1) for g in grads.values()], dim=1), dim=1)
         factor = (self.clip_norm / (norms + 1e-6)).clamp(max=1.0)  # Opacus's clipping factor
-        divisor = batch if metadata.reduction == "mean" else 1
+        divisor = batch if metadata.loss.reduction == "mean" else 1
         out = {}
         for n, g in grads.items():
             summed = torch.einsum("b,b...->...", factor, g)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from rgap_bench.defenses.base import ClientContext
-from rgap_bench.types import ClientUpdate
+from rgap_bench.types import ClientContext, ClientUpdate
 
 
 class NoDefense:

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rgap_bench.defenses.base import ClientContext, Defense
+from rgap_bench.defenses.base import Defense
 from rgap_bench.errors import ConfigError
-from rgap_bench.types import UpdateMetadata
+from rgap_bench.types import ClientContext, UpdateMetadata
 
 
 def prune_smallest(t: Tensor, ratio: float) -> Tensor:

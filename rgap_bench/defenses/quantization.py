@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
-from rgap_bench.defenses.base import ClientContext, Defense
+from rgap_bench.defenses.base import Defense
 from rgap_bench.errors import ConfigError
-from rgap_bench.types import UpdateMetadata
+from rgap_bench.types import ClientContext, UpdateMetadata
 
 
 def quantize(t: Tensor, bits: int) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from rgap_bench.errors import ConfigError
-from rgap_bench.fl.losses import client_loss
+from rgap_bench.losses import make_loss
 from rgap_bench.types import ClientUpdate, PrivateBatch, UpdateMetadata
 
 LABEL_POLICIES = ("flip_prediction", "true")
@@ -36,8 +36,7 @@ class FedSGDClient(L.LightningModule):
         if reduction not in ("mean", "sum"):
             raise ConfigError(f"client.reduction must be mean or sum, got {reduction!r}")
         self.model = model
-        self.loss_name = loss
-        self.reduction = reduction
+        self.loss = make_loss(loss, reduction)
         self.label_policy = label_policy
         self.share_labels = share_labels
 
@@ -51,36 +50,29 @@ class FedSGDClient(L.LightningModule):
 
     def targets(self, batch: PrivateBatch) -> Tensor:
         """Labels the client trains on: binary for the logistic loss, class ids for cross-entropy."""
-        if self.loss_name == "cross_entropy":
-            if self.label_policy == "flip_prediction":
-                with torch.no_grad():
-                    logits = self.model(batch.inputs.to(self.model_device))
-                return (logits.argmax(dim=1) + 1) % logits.shape[1]  # any class but the predicted one
-            return batch.labels.to(self.model_device)
         if self.label_policy == "true":
-            return batch.binary_labels.to(self.model_device)
+            return self.loss.encode_labels(batch.labels, lambda _: batch.binary_labels).to(self.model_device)
         with torch.no_grad():
             logits = self.model(batch.inputs.to(self.model_device))
-        return (logits[:, 0] <= 0).long()
+        return self.loss.other_label(logits)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
-        return client_loss(self.loss_name, self.model(inputs), targets, self.reduction)
+        return self.loss(self.model(inputs), targets)
 
     def compute_update(self, batch: PrivateBatch, targets: Tensor | None = None) -> ClientUpdate:
         """The gradient the client shares; pass `targets` to reuse labels already chosen by `targets()`."""
         targets = self.targets(batch) if targets is None else targets
         inputs = batch.inputs.to(self.model_device)
         names, params = zip(*[(n, p) for n, p in self.model.named_parameters() if p.requires_grad], strict=True)
-        loss = client_loss(self.loss_name, self.model(inputs), targets, self.reduction)
+        loss = self.loss(self.model(inputs), targets)
         grads = torch.autograd.grad(loss, params)
         metadata = UpdateMetadata(
             kind="gradient",
             batch_size=batch.batch_size,
-            loss=self.loss_name,
-            reduction=self.reduction,
+            loss=self.loss,
             input_shape=tuple(batch.inputs.shape[1:]),
             labels=targets.detach().cpu() if self.share_labels else None,
-            extra={"client_loss": float(loss.detach())},
+            client_loss=float(loss.detach()),
         )
         return ClientUpdate({n: g.detach() for n, g in zip(names, grads, strict=True)}, metadata)

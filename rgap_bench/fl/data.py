@@ -15,17 +15,18 @@ from torch.utils.data import DataLoader
 
 from rgap_bench.data.base import ImageSource
 from rgap_bench.errors import ConfigError
+from rgap_bench.losses import Loss, make_loss
 from rgap_bench.types import PrivateBatch
 
 PARTITIONS = ("iid", "dirichlet")
 
 
-def loss_targets(source: ImageSource, labels: Tensor, loss: str) -> Tensor:
-    """Binary labels for the paper's logistic loss, class ids for cross-entropy."""
-    return source.binary_label(labels).long() if loss == "binary_logistic" else labels.long()
+def loss_targets(source: ImageSource, labels: Tensor, loss: Loss) -> Tensor:
+    """The source's class ids in the loss's label space (binary for the paper's logistic loss)."""
+    return loss.encode_labels(labels, source.binary_label)
 
 
-def make_loader(source: ImageSource, indices: Tensor, loss: str, batch_size: int, seed: int, shuffle: bool = True):
+def make_loader(source: ImageSource, indices: Tensor, loss: Loss, batch_size: int, seed: int, shuffle: bool = True):
     """Batches of (images, targets) converted a whole batch at a time (one vectorised transform per batch)."""
 
     def collate(idx: list[int]) -> tuple[Tensor, Tensor]:
@@ -90,7 +91,7 @@ class FederatedDataModule(L.LightningDataModule):
         self.alpha = alpha
         self.seed = seed
         self.batch_size = batch_size
-        self.loss = loss
+        self.loss = make_loss(loss)  # only its label space matters here
         self.client = client
         self.shards: list[Tensor] = []
 

@@ -55,7 +55,7 @@ class FedAvgClient(FedSGDClient):
         """The weight delta after local training; the global model itself is left untouched."""
         targets = self.targets(batch) if targets is None else targets
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        local = SupervisedModule(copy.deepcopy(self.model), self.loss_name, self.lr, reduction=self.reduction)
+        local = SupervisedModule(copy.deepcopy(self.model), self.loss, self.lr)
         batch_size = min(self.local_batch_size or batch.batch_size, batch.batch_size)
         loader = DataLoader(
             TensorDataset(batch.inputs.cpu(), targets.detach().cpu()),
@@ -74,16 +74,13 @@ class FedAvgClient(FedSGDClient):
         metadata = UpdateMetadata(
             kind="weight_delta",
             batch_size=batch.batch_size,
-            loss=self.loss_name,
-            reduction=self.reduction,
+            loss=self.loss,
             input_shape=tuple(batch.inputs.shape[1:]),
             labels=targets.detach().cpu() if self.share_labels else None,
-            extra={
-                "local_steps": int(trainer.global_step),
-                "local_epochs": int(trainer.current_epoch),
-                "lr": self.lr,
-                "local_batch_size": batch_size,
-                "client_loss": local.history[0]["loss"] if local.history else None,
-            },
+            client_loss=local.history[0]["loss"] if local.history else None,
+            local_steps=int(trainer.global_step),
+            local_epochs=int(trainer.current_epoch),
+            lr=self.lr,
+            local_batch_size=batch_size,
         )
         return ClientUpdate(delta, metadata)

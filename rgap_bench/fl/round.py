@@ -18,12 +18,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from rgap_bench.data.base import ImageSource
-from rgap_bench.defenses.base import ClientContext
-from rgap_bench.defenses.utility import evaluate_utility
 from rgap_bench.fl.data import FederatedDataModule
 from rgap_bench.fl.server import pretrain
+from rgap_bench.fl.utility import evaluate_utility
 from rgap_bench.logging import write_json
-from rgap_bench.types import ClientUpdate, PrivateBatch
+from rgap_bench.types import ClientContext, ClientUpdate, PrivateBatch
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,10 @@ class ClientRound:
     targets: Tensor
     update: ClientUpdate  # as sent: after the defences
     reports: dict[str, Any] = field(default_factory=dict)  # defense_report, pretrain, fl, utility -> metrics.json
-    summary: dict[str, float] = field(default_factory=dict)  # W&B summary keys
 
     def record(self) -> dict[str, Any]:
         """What metrics.json carries about the client side: the update's public metadata and the reports."""
-        meta = self.update.metadata
-        return {"update": {"kind": meta.kind, "batch_size": meta.batch_size, **meta.extra}, **self.reports}
+        return {"update": self.update.metadata.record(), **self.reports}
 
     def save(self, run_dir: Path) -> None:
         write_json(run_dir / CLIENT_FILE, self.record())
@@ -56,7 +53,6 @@ def saved_record(run_dir: Path) -> dict[str, Any]:
 
 def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: torch.device) -> ClientRound:
     reports: dict[str, Any] = {}
-    summary: dict[str, float] = {}
     dataset_size = len(data.dataset)
     if cfg.fl.num_clients > 1:
         federation = FederatedDataModule(
@@ -74,27 +70,17 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
     torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only, not on the data
     model = instantiate(cfg.model).to(device)
     client = instantiate(cfg.client, model=model).to(device)
-    reports["pretrain"] = pretrain(
-        model, cfg.pretrain, data, client.loss_name, batch.indices, run_dir, device, cfg.seed
-    )
-    if cfg.pretrain.epochs > 0:
-        summary["pretrain/train_acc"] = reports["pretrain"]["train_acc_eval"]
+    reports["pretrain"] = pretrain(model, cfg.pretrain, data, client.loss, batch.indices, run_dir, device, cfg.seed)
 
     targets = client.targets(batch)
     update = client.compute_update(batch, targets)
     defense = instantiate(cfg.defense)
-    context = ClientContext(model, batch.inputs.to(device), targets, client.loss_name, client.reduction, dataset_size)
+    context = ClientContext(model, batch.inputs.to(device), targets, client.loss, dataset_size)
     update = defense(update, context)
     report = defense.report()
     reports["defense_report"] = report
-    summary["defense/distortion"] = report["distortion"]
-    if "epsilon" in report:
-        summary["privacy/epsilon"] = report["epsilon"]
     if cfg.defense.utility:
-        utility = evaluate_utility(model, cfg.defense, data, client.loss_name, batch.indices, device, cfg.seed)
+        utility = evaluate_utility(model, cfg.defense, data, client.loss, batch.indices, device, cfg.seed)
         reports["utility"] = utility
-        summary["utility/test_acc"] = utility["test_acc"]
-        if "epsilon" in utility:
-            summary["utility/epsilon"] = utility["epsilon"]
         log.info("utility with defence %s: test accuracy %.3f", report["name"], utility["test_acc"])
-    return ClientRound(batch, model, targets, update, reports, summary)
+    return ClientRound(batch, model, targets, update, reports)

@@ -18,6 +18,7 @@ from rgap_bench.data.base import ImageSource
 from rgap_bench.errors import ConfigError
 from rgap_bench.fl.data import loss_targets, make_loader
 from rgap_bench.fl.training import SupervisedModule, accuracy, fit
+from rgap_bench.losses import Loss
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +44,23 @@ def pretrain(
     model: nn.Module,
     cfg: Any,
     source: ImageSource,
-    loss: str,
+    loss: Loss,
     exclude: Tensor,
     run_dir: Path,
     device: torch.device,
     seed: int,
 ) -> dict[str, Any]:
-    """Train `model` in place for `cfg.epochs` epochs (or load the cached result); returns what it reached."""
+    """Train `model` in place for `cfg.epochs` epochs (or load the cached result); returns what it reached.
+
+    The server trains on the batch mean of the client's loss, whatever reduction the client uses.
+    """
     if cfg.epochs <= 0:
         return {"epochs": 0}
+    loss = loss.with_reduction("mean")
     meta = {
         "model": getattr(model, "name", type(model).__name__),
         "dataset": source.name,
-        "loss": loss,
+        "loss": loss.name,
         "epochs": int(cfg.epochs),
         "lr": float(cfg.lr),
         "momentum": float(cfg.momentum),

@@ -16,35 +16,28 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from rgap_bench.defenses.base import ClientContext
-from rgap_bench.fl.losses import client_loss
-from rgap_bench.types import ClientUpdate, UpdateMetadata
-
-
-def predictions(loss: str, logits: Tensor) -> Tensor:
-    """Predicted label in the loss's label space: {0, 1} for the binary logistic loss, class ids otherwise."""
-    return (logits[:, 0] > 0).long() if loss == "binary_logistic" else logits.argmax(dim=1)
+from rgap_bench.losses import Loss
+from rgap_bench.types import ClientContext, ClientUpdate, UpdateMetadata
 
 
 class SupervisedModule(L.LightningModule):
-    """SGD on `client_loss`; `defense` (a callable on `ClientUpdate`) turns every step into a defended one."""
+    """SGD on the client `loss` (with its reduction); `defense` (a callable on `ClientUpdate`) turns every step into
+    a defended one."""
 
     def __init__(
         self,
         model: nn.Module,
-        loss: str,
+        loss: Loss,
         lr: float,
         momentum: float = 0.0,
-        reduction: str = "mean",
         defense: Callable[..., ClientUpdate] | None = None,
         dataset_size: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model
-        self.loss_name = loss
+        self.loss = loss
         self.lr = lr
         self.momentum = momentum
-        self.reduction = reduction
         self.defense = defense
         self.dataset_size = dataset_size
         self.automatic_optimization = defense is None
@@ -59,8 +52,8 @@ class SupervisedModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         inputs, targets = batch
         logits = self.model(inputs)
-        loss = client_loss(self.loss_name, logits, targets, self.reduction)
-        correct = float((predictions(self.loss_name, logits.detach()) == targets).double().sum())
+        loss = self.loss(logits, targets)
+        correct = float((self.loss.predict(logits.detach()) == targets).double().sum())
         self.history.append({"loss": float(loss.detach()), "correct": correct, "n": float(len(targets))})
         if self.defense is None:
             return loss
@@ -73,12 +66,11 @@ class SupervisedModule(L.LightningModule):
         metadata = UpdateMetadata(
             kind="gradient",
             batch_size=len(targets),
-            loss=self.loss_name,
-            reduction=self.reduction,
+            loss=self.loss,
             input_shape=tuple(inputs.shape[1:]),
         )
         update = ClientUpdate({n: g for (n, _), g in zip(named, grads, strict=True)}, metadata)
-        context = ClientContext(self.model, inputs, targets, self.loss_name, self.reduction, self.dataset_size)
+        context = ClientContext(self.model, inputs, targets, self.loss, self.dataset_size)
         defended = self.defense(update, context)
         optimizer = self.optimizers()
         optimizer.zero_grad()
@@ -134,7 +126,7 @@ def fit(module: L.LightningModule, loader: Any, device: torch.device, **limits: 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, loss: str, inputs: Tensor, targets: Tensor, batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, loss: Loss, inputs: Tensor, targets: Tensor, batch_size: int = 256) -> float:
     """Accuracy of `model` on (inputs, targets), in eval mode and batches, in the loss's label space."""
     was_training = model.training
     model.eval()
@@ -142,6 +134,6 @@ def accuracy(model: nn.Module, loss: str, inputs: Tensor, targets: Tensor, batch
     correct = 0
     for start in range(0, len(targets), batch_size):
         logits = model(inputs[start : start + batch_size].to(device))
-        correct += int((predictions(loss, logits).cpu() == targets[start : start + batch_size]).sum())
+        correct += int((loss.predict(logits).cpu() == targets[start : start + batch_size]).sum())
     model.train(was_training)
     return correct / max(len(targets), 1)

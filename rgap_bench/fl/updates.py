@@ -20,13 +20,11 @@ def as_gradient(update: ClientUpdate) -> ClientUpdate:
         return update
     if meta.kind != "weight_delta":
         raise InvalidUpdateError(f"cannot turn an update of kind {meta.kind!r} into a gradient")
-    try:
-        lr, steps = float(meta.extra["lr"]), int(meta.extra["local_steps"])
-    except KeyError as exc:
-        raise InvalidUpdateError(f"a weight delta needs public metadata {exc} to be read as a gradient") from exc
+    if meta.lr is None or meta.local_steps is None:
+        raise InvalidUpdateError("a weight delta needs its public metadata lr and local_steps to be read as a gradient")
+    lr, steps = float(meta.lr), int(meta.local_steps)
     if lr <= 0 or steps < 1:
         raise InvalidUpdateError(f"a weight delta needs lr > 0 and local_steps >= 1, got lr={lr}, steps={steps}")
     scale = -1.0 / (lr * steps)
-    extra = {**meta.extra, "converted_from": "weight_delta", "exact_conversion": steps == 1}
-    metadata = dataclasses.replace(meta, kind="gradient", extra=extra)
+    metadata = dataclasses.replace(meta, kind="gradient", converted_from="weight_delta")
     return ClientUpdate({n: t * scale for n, t in update.tensors.items()}, metadata)

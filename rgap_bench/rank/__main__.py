@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rgap_bench.config import register_schemas
+from rgap_bench.logging import make_logger
 from rgap_bench.rank.config import register_rank_schemas
 
 register_schemas()
@@ -23,10 +24,9 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> None:
     from rgap_bench.rank.analysis import analyse_model
     from rgap_bench.rank.report import print_rank_table, save_rank
-    from rgap_bench.task import _make_logger
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    logger = _make_logger(cfg)
+    logger = make_logger(cfg)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), run_dir.name)
     torch.manual_seed(cfg.seed)  # the same initial weights an attack run with this seed uses
     model = instantiate(cfg.model)

@@ -98,12 +98,13 @@ def rgap_unsupported_reason(model: nn.Module) -> str | None:
     """R-GAP's own check on the model (bias, activation, layer kind, head), with its messages; None if attackable."""
     from rgap_bench.attacks.rgap import RGAP
     from rgap_bench.errors import UnsupportedModelError
+    from rgap_bench.losses import BinaryLogistic
     from rgap_bench.types import ClientUpdate, UpdateMetadata
 
     if not isinstance(model, SequentialNet):
         return f"R-GAP walks a SequentialNet of conv/linear blocks; got {model.__class__.__name__}"
     tensors = {f"blocks.{i}.op.weight": torch.zeros_like(b.op.weight) for i, b in enumerate(model.blocks)}
-    meta = UpdateMetadata("gradient", 1, "binary_logistic", "mean", tuple(model.input_shape))
+    meta = UpdateMetadata("gradient", 1, BinaryLogistic(), tuple(model.input_shape))
     try:
         RGAP(rank="off")._read_layers(model, ClientUpdate(tensors, meta))
     except UnsupportedModelError as exc:

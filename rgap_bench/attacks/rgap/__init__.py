@@ -151,9 +151,9 @@ class RGAP:
         meta = update.metadata
         if meta.kind != "gradient":
             raise UnsupportedModelError(f"R-GAP inverts gradients (FedSGD); got an update of kind {meta.kind!r}")
-        if meta.loss != "binary_logistic":
+        if meta.loss.name != "binary_logistic":
             raise UnsupportedModelError(
-                f"R-GAP's output-layer step is derived for the binary logistic loss; got {meta.loss!r}"
+                f"R-GAP's output-layer step is derived for the binary logistic loss; got {meta.loss.name!r}"
             )
         if meta.batch_size != 1:
             raise UnsupportedModelError(
@@ -164,7 +164,7 @@ class RGAP:
         grad_out = layers[-1].grad.reshape(-1)
         w_out = layers[-1].op.weight.detach().reshape(-1).to(grad_out.device, torch.float64)
         c = float(w_out @ grad_out.double())
-        scale = meta.batch_size if meta.reduction == "mean" else 1
+        scale = meta.batch_size if meta.loss.reduction == "mean" else 1
         clamped = math.isfinite(c) and c * scale < F_MIN
         if clamped:
             # Noise (a defence) can push the scalar below anything a clean logistic gradient produces; the closest

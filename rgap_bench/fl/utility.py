@@ -19,18 +19,23 @@ from rgap_bench.data.base import ImageSource
 from rgap_bench.errors import ConfigError
 from rgap_bench.fl.data import loss_targets, make_loader
 from rgap_bench.fl.training import SupervisedModule, accuracy, fit
+from rgap_bench.losses import Loss
 
 
 def evaluate_utility(
     model: nn.Module,
     defense_cfg: Any,
     source: ImageSource,
-    loss: str,
+    loss: Loss,
     exclude: Tensor,
     device: torch.device,
     seed: int,
 ) -> dict[str, Any]:
-    """Train a copy of `model` with a fresh instance of the defence; returns test accuracy and the defence's report."""
+    """Train a copy of `model` with a fresh instance of the defence; returns test accuracy and the defence's report.
+
+    Training averages the client's loss over each batch, whatever reduction the client uses.
+    """
+    loss = loss.with_reduction("mean")
     n = len(source.dataset)
     keep = torch.ones(n, dtype=torch.bool)
     keep[exclude] = False

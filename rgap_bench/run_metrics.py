@@ -1,0 +1,142 @@
+"""The result of one run as one record: the `metrics.json` layout and the W&B summary keys live only here.
+
+Tests, benchmarks, notebooks and the README read `metrics.json` by key, and dashboards read the W&B summary by key,
+so both layouts are written down once, next to each other, instead of being assembled by hand in the runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from rgap_bench.metrics import METRICS_SPEC, label_accuracy, reconstruction_metrics
+from rgap_bench.provenance import package_versions
+from rgap_bench.types import Reconstruction
+
+FAILED_SUMMARY = {"status": "failed"}
+
+
+def client_summary(client: dict[str, Any]) -> dict[str, float]:
+    """W&B summary keys of the client side, from its record (`ClientRound.record()`, as in `client.json`)."""
+    out: dict[str, float] = {}
+    pretrain = client.get("pretrain", {})
+    if "train_acc_eval" in pretrain:  # only a run that pretrained (or loaded a pretrained model)
+        out["pretrain/train_acc"] = pretrain["train_acc_eval"]
+    defense = client["defense_report"]
+    out["defense/distortion"] = defense["distortion"]
+    if "epsilon" in defense:
+        out["privacy/epsilon"] = defense["epsilon"]
+    if "utility" in client:
+        out["utility/test_acc"] = client["utility"]["test_acc"]
+        if "epsilon" in client["utility"]:
+            out["utility/epsilon"] = client["utility"]["epsilon"]
+    return out
+
+
+def failed_record(error: str, client: dict[str, Any]) -> dict[str, Any]:
+    """`metrics.json` of a run that failed: why, and whatever the client side had recorded before."""
+    return {"status": "failed", "error": error, **client, "versions": package_versions()}
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """Scores of a reconstruction against the private batch, with everything `metrics.json` reports beside them."""
+
+    mse: float
+    mse_unclamped: float
+    psnr: float
+    ssim: float
+    exact_rate: float
+    label_acc: float | None  # None when the attack returns no labels or one combined image
+    label_source: str  # shared | inferred
+    attack_time_s: float
+    rank_deficiency: int | None  # summed over the layers that report one; None when none does
+    combined: bool
+    per_image: list[dict[str, Any]]
+    assignment: list[int] | None
+    indices: list[int]
+    run: dict[str, Any]  # what was run (attack, model, data, defence, client, seed, dtype, device)
+    attack_info: dict[str, Any]
+    client: dict[str, Any]  # the client side's record (update metadata, pretrain, defence report, fl, utility)
+
+    @classmethod
+    def score(
+        cls,
+        reconstruction: Reconstruction,
+        originals: Tensor,
+        targets: Tensor,
+        *,
+        labels_shared: bool,
+        attack_time_s: float,
+        indices: list[int],
+        run: dict[str, Any],
+        client: dict[str, Any],
+    ) -> RunMetrics:
+        """Score `reconstruction` against the private `originals` and the labels the client trained on."""
+        scores = reconstruction_metrics(
+            reconstruction.inputs.detach().cpu(), originals.cpu(), combined=reconstruction.combined
+        )
+        label_acc = None
+        if reconstruction.labels is not None and not reconstruction.combined:
+            label_acc = label_accuracy(reconstruction.labels.cpu(), targets.cpu(), scores["assignment"])
+        deficiency = [r.rank_deficiency for r in reconstruction.layers if r.rank_deficiency is not None]
+        return cls(
+            mse=scores["mse"],
+            mse_unclamped=scores["mse_unclamped"],
+            psnr=scores["psnr"],
+            ssim=scores["ssim"],
+            exact_rate=scores["exact_rate"],
+            label_acc=label_acc,
+            label_source="shared" if labels_shared else "inferred",
+            attack_time_s=attack_time_s,
+            rank_deficiency=sum(deficiency) if deficiency else None,
+            combined=reconstruction.combined,
+            per_image=scores["per_image"],
+            assignment=scores["assignment"],
+            indices=indices,
+            run=run,
+            attack_info=reconstruction.info,
+            client=client,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The contents of `metrics.json` (keys and their order are part of the interface)."""
+        return {
+            "status": "ok",
+            "mse": self.mse,
+            "mse_unclamped": self.mse_unclamped,
+            "psnr": self.psnr,
+            "ssim": self.ssim,
+            "exact_rate": self.exact_rate,
+            "label_acc": self.label_acc,
+            "label_source": self.label_source,
+            "attack_time_s": self.attack_time_s,
+            "rank_deficiency": self.rank_deficiency,
+            "combined": self.combined,
+            "per_image": self.per_image,
+            "assignment": self.assignment,
+            "indices": self.indices,
+            "run": self.run,
+            "attack_info": self.attack_info,
+            **self.client,
+            "spec": METRICS_SPEC,
+            "versions": package_versions(),
+        }
+
+    def summary(self) -> dict[str, float]:
+        """The W&B summary: flat, namespaced keys; optional values only when the run has them."""
+        out: dict[str, float] = {
+            "recon/mse": self.mse,
+            "recon/psnr": self.psnr,
+            "recon/ssim": self.ssim,
+            "recon/exact_rate": self.exact_rate,
+            "attack/time_s": self.attack_time_s,
+            **client_summary(self.client),
+        }
+        if self.label_acc is not None:
+            out["recon/label_acc"] = self.label_acc
+        if self.rank_deficiency is not None:
+            out["rank/deficiency"] = self.rank_deficiency
+        return out

@@ -24,8 +24,9 @@ from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear, invertible_activation
 from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
 from rgap_bench.linalg.lstsq import dense_lstsq, solve_blocks
-from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem, cpu_threads, pcg
+from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem, pcg
 from rgap_bench.linalg.precision import conv_tf32
+from rgap_bench.linalg.resources import cpu_threads
 from rgap_bench.linalg.spectrum import factor_normal, largest_eigenvalue
 from rgap_bench.models.layers import SequentialNet
 from rgap_bench.options import build_options

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import rgap_bench.attacks.rgap.plan as plan_module
+import rgap_bench.attacks.rgap.solvers.joint as joint_module
 from rgap_bench.attacks.rgap import RGAP, RGAPLayer, RGAPOptions, plan_layer
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, LayerSolve
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import DenseMemory
-from rgap_bench.models import fcn3
+from rgap_bench.models import build_convnet, fcn3
 from tests.conftest import make_update, photo_batch
 
 DTYPE = torch.float64
@@ -117,3 +118,28 @@ def test_rank_known_before_the_solve_is_reported_by_every_solver():
     assert [layer.rank for layer in rec.layers] == [layer.unknowns for layer in rec.layers]
     assert {layer.solver for layer in rec.layers} == {"sparse-lu"}
 
+
+def test_scale_rows_reaches_the_joint_null_space_solve(monkeypatch):
+    seen = []
+    real = joint_module.solve_through_null_space
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["scale_rows"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(joint_module, "solve_through_null_space", recording)
+    torch.manual_seed(0)
+    model = build_convnet(
+        [
+            {"kind": "conv", "out": 8, "kernel": 3, "stride": 1, "padding": 1},
+            {"kind": "conv", "out": 2, "kernel": 3, "stride": 2, "padding": 1},
+            {"kind": "linear", "out": 1, "activation": "identity"},
+        ],
+        in_channels=1,
+        image_size=8,
+    )
+    update = make_update(model, photo_batch(image_size=8, channels=1))
+    for scale_rows in (True, False):
+        rec = RGAP(rank="exact", scale_rows=scale_rows)(model, update)
+        assert rec.layers[0].solver == "joint-null-space"
+    assert seen == [True, False]

@@ -36,6 +36,7 @@ def solve_joint(
         null_basis,
         tol=options.tol,
         max_pcg_iter=options.max_iter,
+        scale_rows=options.scale_rows,
     )
     device = layer.grad.device
     settled = "settled" if joint.consistent else "not settled"

@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1] / "rgap_bench"
 PACKAGE = "rgap_bench"
 NEUTRAL = ("errors", "types", "losses", "options")  # the bottom layer: records and helpers every layer may use
@@ -33,9 +31,6 @@ ONLY = {
     "linalg": NEUTRAL,
     "models": NEUTRAL,
 }
-# Violations another part of the refactor removes (the R-GAP model check moves out of `rank.analysis`). An entry
-# that no longer occurs fails `test_known_violations_still_exist`: delete it then, so the rule holds in full.
-KNOWN_VIOLATIONS = {("rgap_bench.rank.analysis", "rgap_bench.attacks.rgap")}
 
 
 def module_name(path: Path) -> str:
@@ -85,7 +80,7 @@ def violations(edges: list[tuple[str, str, int]]) -> list[str]:
     found = []
     for importer, imported, line in edges:
         src, dst = top(importer), top(imported)
-        if dst in ("", src) or (importer, imported) in KNOWN_VIOLATIONS:
+        if dst in ("", src):
             continue
         if dst in FORBIDDEN.get(src, ()):
             found.append(f"{importer}:{line} imports {imported} ({src} never imports {dst})")
@@ -109,9 +104,3 @@ def test_the_walk_sees_hidden_and_relative_imports_and_the_rules_catch_them():
 def test_every_import_follows_the_layer_contract():
     found = violations(all_imports())
     assert not found, "imports against the layer contract:\n" + "\n".join(found)
-
-
-@pytest.mark.parametrize("edge", sorted(KNOWN_VIOLATIONS))
-def test_known_violations_still_exist(edge):
-    edges = {(importer, imported) for importer, imported, _ in all_imports()}
-    assert edge in edges, f"{edge[0]} no longer imports {edge[1]}: remove it from KNOWN_VIOLATIONS"

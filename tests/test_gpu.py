@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-import rgap_bench.attacks.rgap as rgap_module
+import rgap_bench.attacks.rgap.solvers.iterative as pcg_module
 from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, pcg
@@ -74,7 +74,7 @@ def test_cnn6_float64_on_cuda_is_exact_and_matches_the_cpu_run(cnn6_photo, monke
         devices.append((rhs.device.type, result.x.device.type))
         return result
 
-    monkeypatch.setattr(rgap_module, "pcg", recording_pcg)
+    monkeypatch.setattr(pcg_module, "pcg", recording_pcg)
     rec = RGAP(rank="off")(cnn6_photo["gpu_model"], cnn6_photo["gpu_update"])
     batch, cpu_rec = cnn6_photo["batch"], cnn6_photo["cpu_rec"]
     assert len(devices) >= 6 and set(devices) == {("cuda", "cuda")}  # every conv layer solved by PCG on the GPU

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rgap_bench.attacks.null_space import solve_through_null_space
+from rgap_bench.attacks.rgap.null_space import solve_through_null_space
 from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.constraints import ConvGeometry

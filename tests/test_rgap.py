@@ -231,9 +231,10 @@ def test_auto_goes_dense_where_the_bound_predicts_a_null_space():
 
 
 def test_dense_path_that_would_not_fit_in_memory_falls_back_to_pcg(monkeypatch, caplog):
-    import rgap_bench.attacks.rgap as rgap_module
+    import rgap_bench.attacks.rgap.plan as plan_module
+    from rgap_bench.linalg.resources import DenseMemory
 
-    monkeypatch.setattr(rgap_module, "_dense_memory", lambda n, dtype, device: (8e12, 4e9))
+    monkeypatch.setattr(plan_module, "dense_memory", lambda n, dtype, device: DenseMemory(8e12, 4e9))
     torch.manual_seed(0)
     model = cnn6d()
     batch = photo_batch()
@@ -245,17 +246,17 @@ def test_dense_path_that_would_not_fit_in_memory_falls_back_to_pcg(monkeypatch, 
 
 def test_attack_runs_ieee_float32_convolutions_and_restores_the_callers_setting(monkeypatch):
     """cuDNN's TF32 (torch's default for float32 convolutions) would cap a float32 solve at 10 mantissa bits."""
-    import rgap_bench.attacks.rgap as rgap_module
+    import rgap_bench.attacks.rgap.solvers.iterative as pcg_module
     from rgap_bench.linalg.precision import conv_precision, conv_tf32
 
     seen = []
-    real_pcg = rgap_module.pcg
+    real_pcg = pcg_module.pcg
 
     def recording_pcg(*args, **kwargs):
         seen.append(conv_precision())
         return real_pcg(*args, **kwargs)
 
-    monkeypatch.setattr(rgap_module, "pcg", recording_pcg)
+    monkeypatch.setattr(pcg_module, "pcg", recording_pcg)
     torch.manual_seed(0)
     model = cnn6(image_size=16)
     update = make_update(model, photo_batch(image_size=16))

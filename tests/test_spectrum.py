@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from rgap_bench.linalg.spectrum import cholesky_solve, largest_eigenvalue, low_spectrum
+from rgap_bench.linalg.spectrum import (
+    cholesky_solve,
+    eigen_rank,
+    largest_eigenvalue,
+    low_spectrum,
+    smallest_eigenvalue_rel,
+)
 
 
 def _psd(n: int, rank: int, seed: int = 0) -> torch.Tensor:
@@ -57,3 +63,15 @@ def test_largest_eigenvalue_from_an_operator_matches_the_matrix():
     from_operator = largest_eigenvalue(lambda v: a.T @ (a @ v), 120, like=gram)
     assert from_operator == pytest.approx(largest_eigenvalue(gram), rel=1e-12)
     assert from_operator == pytest.approx(exact, rel=0.05)
+
+
+def test_plain_cholesky_test_measures_sigma_min_and_refuses_singular_matrices():
+    """The rank analysis' full-rank test: sqrt(lambda_min / lambda_max) when the matrix is full rank, else None."""
+    full = _psd(120, 120, seed=1)
+    vals = torch.linalg.eigvalsh(full)
+    assert smallest_eigenvalue_rel(full, 1e-10) == pytest.approx(float((vals[0] / vals[-1]).sqrt()), rel=1e-3)
+    assert smallest_eigenvalue_rel(full, float(vals[0] / vals[-1]) * 2) is None  # full rank, but below rcond
+    singular = _psd(120, 90, seed=1)
+    assert smallest_eigenvalue_rel(singular, 1e-10) is None
+    assert eigen_rank(singular, 1e-10)[0] == 90 and eigen_rank(full, 1e-10)[0] == 120
+    assert eigen_rank(torch.zeros(5, 5, dtype=torch.float64), 1e-10)[0] == 0

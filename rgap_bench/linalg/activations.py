@@ -1,15 +1,11 @@
-"""Inverse and derivative of the activations R-GAP can undo."""
+"""Inverse and derivative of the activations R-GAP can undo (which modules qualify: `rgap_bench.models.checks`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-
-from rgap_bench.errors import UnsupportedModelError
-
-SUPPORTED = "LeakyReLU with a positive slope, or Identity"
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -27,18 +23,3 @@ class PiecewiseLinear:
         if self.slope == 1.0:
             return torch.ones_like(z)
         return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.slope))
-
-
-def invertible_activation(module: nn.Module, where: str) -> PiecewiseLinear:
-    """Map an activation module to its inverse, or say why R-GAP cannot pass through it."""
-    if isinstance(module, nn.Identity):
-        return PiecewiseLinear(1.0)
-    if isinstance(module, nn.LeakyReLU) and module.negative_slope > 0:
-        return PiecewiseLinear(float(module.negative_slope))
-    reason = {
-        nn.ReLU: "ReLU zeroes negative pre-activations, so they cannot be recovered (use leaky_relu)",
-        nn.LeakyReLU: "a LeakyReLU with slope <= 0 is not invertible",
-    }.get(type(module), "R-GAP needs a piecewise-linear, invertible, positively homogeneous activation")
-    raise UnsupportedModelError(
-        f"{where}: activation {module.__class__.__name__} is not supported by R-GAP: {reason}. Supported: {SUPPORTED}."
-    )

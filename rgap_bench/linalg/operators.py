@@ -12,7 +12,6 @@ a block-Jacobi preconditioner whose blocks are solved exactly (directly, or thro
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -193,19 +192,6 @@ class BlockJacobi:
         dr = self.inv * r.reshape(c, h * w)  # (C, n)
         t = torch.bmm(self.inverse, (dr @ self.kmat.T)[..., None])[..., 0]  # (C, m)
         return (dr - self.inv * (t @ self.kmat)).reshape(c, h, w)
-
-
-@contextmanager
-def cpu_threads(count: int | None):
-    """Temporarily cap torch's CPU threads: PCG on small layers runs many tiny kernels, where extra threads only
-    add synchronisation (and collapse when another process holds a core)."""
-    previous = torch.get_num_threads()
-    if count is not None and count < previous:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass

@@ -7,6 +7,10 @@ with it finds the eigenvectors whose eigenvalues are below the rank threshold: t
 direction above the threshold by less than 1/(2 s). The block grows until it holds more than the null space, so
 the count is exact whenever the spectrum has a gap at the threshold (the eigen-decomposition's count needs the
 same gap to be meaningful).
+
+The rank analysis (`rgap_bench.rank`) asks a simpler question of a matrix it can afford to factorise: is it full
+rank at rcond, and how far from the threshold? `smallest_eigenvalue_rel` answers with one plain Cholesky, and
+`eigen_rank` with a full eigen-decomposition where the Cholesky fails.
 """
 
 from __future__ import annotations
@@ -73,6 +77,35 @@ def largest_eigenvalue(
     for _ in range(steps):
         v = torch.linalg.qr(apply(v)).Q
     return float(torch.linalg.eigvalsh(v.T @ apply(v))[-1])
+
+
+def eigen_rank(gram: Tensor, rcond: float) -> tuple[int, Tensor]:
+    """Rank of a symmetric PSD matrix (eigenvalues above rcond * lambda_max) by a full eigen-decomposition, and its
+    eigenvalues in ascending order: the reference where no cheaper test applies."""
+    vals = torch.linalg.eigvalsh(gram)
+    top = float(vals[-1]) if vals.numel() else 0.0
+    return (int((vals > rcond * top).sum()) if top > 0 else 0), vals
+
+
+def smallest_eigenvalue_rel(gram: Tensor, rcond: float, steps: int = 25, start: Tensor | None = None) -> float | None:
+    """sqrt(lambda_min / lambda_max) of a symmetric PSD matrix when it is full rank at rcond, else None.
+
+    One unshifted Cholesky factorisation: it fails on a clearly singular matrix, and inverse iteration with it
+    measures how far a factorisable one is from the threshold (lambda_max by power iteration in the same loop, from
+    the same `start`, default a seeded normal vector). An estimate: `steps` iterations, a few percent at worst."""
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if int(info) != 0:
+        return None
+    if start is None:
+        gen = torch.Generator(device=gram.device).manual_seed(0)
+        start = torch.randn(gram.shape[0], dtype=gram.dtype, device=gram.device, generator=gen)
+    v = u = start.to(gram)
+    for _ in range(steps):
+        v = cholesky_solve((v / v.norm())[:, None], chol)[:, 0]
+        u = gram @ (u / u.norm())
+    lam_min, lam_max = 1.0 / float(v.norm()), float(u.norm())
+    ratio = lam_min / lam_max if lam_max > 0 else 0.0
+    return ratio**0.5 if ratio > rcond else None
 
 
 def low_spectrum(

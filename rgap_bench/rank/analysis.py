@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rgap_bench.linalg.constraints import ConvGeometry
+from rgap_bench.models.checks import unsupported_reason
 from rgap_bench.models.layers import SequentialNet
 from rgap_bench.rank.counts import LayerCounts, conv_counts, linear_counts
 from rgap_bench.rank.numeric import RankResult, conv_rank, linear_rank
@@ -92,26 +93,6 @@ def describe(op: nn.Module) -> str:
     if isinstance(op, nn.Conv2d):
         return f"conv {op.in_channels}>{op.out_channels} k{op.kernel_size[0]} s{op.stride[0]} p{op.padding[0]}"
     return op.__class__.__name__
-
-
-def rgap_unsupported_reason(model: nn.Module) -> str | None:
-    """R-GAP's own check on the model (bias, activation, layer kind, head), with its messages; None if attackable."""
-    from rgap_bench.attacks.rgap import RGAP
-    from rgap_bench.errors import UnsupportedModelError
-    from rgap_bench.losses import BinaryLogistic
-    from rgap_bench.types import ClientUpdate, UpdateMetadata
-
-    if not isinstance(model, SequentialNet):
-        return f"R-GAP walks a SequentialNet of conv/linear blocks; got {model.__class__.__name__}"
-    tensors = {f"blocks.{i}.op.weight": torch.zeros_like(b.op.weight) for i, b in enumerate(model.blocks)}
-    meta = UpdateMetadata("gradient", 1, BinaryLogistic(), tuple(model.input_shape))
-    try:
-        RGAP(rank="off")._read_layers(model, ClientUpdate(tensors, meta))
-    except UnsupportedModelError as exc:
-        return str(exc)
-    except Exception as exc:  # the check is advisory; never let it break the analysis
-        log.debug("R-GAP support check failed: %s", exc)
-    return None
 
 
 def probe_errors(model: SequentialNet, probe: str, seed: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -222,7 +203,7 @@ def analyse_model(
     _carry_down(rows, counts)
     ratios = [row.carried_deficiency / row.unknowns for row in rows]
     worst = int(np.argmax(ratios)) if rows and max(ratios) > 0 else None
-    reason = rgap_unsupported_reason(model)
+    reason = unsupported_reason(model)  # R-GAP's own check, with its messages
     ra = float(max(ratios)) if rows else 0.0
     report = RankReport(
         model=model.name, input_shape=list(model.input_shape), probe=probe if numeric else "none", seed=seed,

@@ -3,6 +3,7 @@
 Exact where affordable, with structure first: the gradient rows of a conv are one small matrix G_c per input
 channel, so rank([G; W]) = C_in * rank(G_c) + rank(W restricted to null(G_c) in every channel). That turns the
 3468-unknown CNN6-d conv2 system into a 1500-column one, and shows CNN6's conv3-conv6 full rank from G_c alone.
+The eigenvalue routines themselves are `rgap_bench.linalg.spectrum`'s; this module only builds the systems.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 import torch
 from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, conv_patch_index
+from rgap_bench.linalg.spectrum import eigen_rank, largest_eigenvalue, smallest_eigenvalue_rel
 
 
 @dataclass
@@ -28,36 +29,15 @@ class RankResult:
 
 
 def _eig_rank(gram: np.ndarray, rcond: float) -> tuple[int, np.ndarray]:
-    vals = torch.linalg.eigvalsh(torch.from_numpy(gram)).numpy()
-    top = float(vals[-1]) if vals.size else 0.0
-    return (int((vals > rcond * top).sum()) if top > 0 else 0), vals
-
-
-def _sigma_min_cholesky(normal: np.ndarray, rcond: float, steps: int = 25) -> float | None:
-    """sqrt(lambda_min / lambda_max) by inverse and power iteration on a Cholesky factor; None if not positive.
-
-    LAPACK's potrs through scipy: torch.cholesky_solve takes ~0.5 s per vector at n = 3000 on this CPU.
-    """
-    try:
-        factor = scipy.linalg.cho_factor(normal, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        return None
-    rng = np.random.default_rng(0)
-    v = rng.standard_normal(normal.shape[0])
-    u = v.copy()
-    for _ in range(steps):
-        v = scipy.linalg.cho_solve(factor, v / np.linalg.norm(v), check_finite=False)
-        u = normal @ (u / np.linalg.norm(u))
-    lam_min = 1.0 / float(np.linalg.norm(v))
-    lam_max = float(np.linalg.norm(u))
-    ratio = lam_min / lam_max if lam_max > 0 else 0.0
-    return float(np.sqrt(ratio)) if ratio > rcond else None
+    rank, vals = eigen_rank(torch.from_numpy(gram), rcond)
+    return rank, vals.numpy()
 
 
 def rank_of_normal(normal: np.ndarray, rcond: float) -> RankResult:
     """Dense exact rank of a normal matrix: Cholesky when it is clearly full rank, else eigvalsh."""
     start = time.perf_counter()
-    sigma = _sigma_min_cholesky(normal, rcond)
+    start = torch.from_numpy(np.random.default_rng(0).standard_normal(normal.shape[0]))  # rank.json's seed
+    sigma = smallest_eigenvalue_rel(torch.from_numpy(normal), rcond, start=start)
     if sigma is not None:
         return RankResult(normal.shape[0], sigma, "exact (cholesky)", time.perf_counter() - start)
     rank, vals = _eig_rank(normal, rcond)
@@ -135,15 +115,6 @@ def conv_rank(
     return RankResult(rank, 0.0 if rank < n else None, method, time.perf_counter() - start)
 
 
-def _top_eigenvalue(w: Tensor, steps: int = 30) -> float:
-    """Largest eigenvalue of w^T w by power iteration (an SVD of a 1000 x 784 layer costs seconds)."""
-    v = torch.randn(w.shape[1], generator=torch.Generator().manual_seed(0), dtype=w.dtype)
-    for _ in range(steps):
-        v = w.T @ (w @ v)
-        v = v / v.norm().clamp_min(1e-300)
-    return float((w @ v).norm() ** 2)
-
-
 def linear_rank(weight: Tensor, k: Tensor, weight_rows: np.ndarray | None, *, rcond: float) -> RankResult:
     """Rows k_j x^T: rank n as soon as one k_j != 0; else the weight rows alone (their rank, by SVD)."""
     start = time.perf_counter()
@@ -155,7 +126,7 @@ def linear_rank(weight: Tensor, k: Tensor, weight_rows: np.ndarray | None, *, rc
     w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-300)
     if active:
         # Scaled gradient rows are +-e_i, `active` copies each: normal = active * I + W_s^T W_s.
-        top = _top_eigenvalue(w) if w.numel() else 0.0
+        top = largest_eigenvalue(lambda v: w.T @ (w @ v), w.shape[1], like=w, steps=30, block=1) if w.numel() else 0.0
         sigma = float(np.sqrt(active / (active + top)))
         return RankResult(n, sigma, "exact (gradient rows k_j x^T)", time.perf_counter() - start)
     sv = torch.linalg.svdvals(w) if w.numel() else torch.zeros(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from rich.console import Console
@@ -10,7 +11,9 @@ from rich.table import Table
 from rgap_bench.logging import write_json
 from rgap_bench.logging.base import RunLogger
 from rgap_bench.logging.console import format_cell
-from rgap_bench.rank.analysis import RankReport
+from rgap_bench.rank.analysis import RankReport, analyse_model
+
+log = logging.getLogger(__name__)
 
 COLUMNS = (
     ("index", "#"),
@@ -57,10 +60,6 @@ def save_rank(report: RankReport, run_dir: Path, logger: RunLogger | None = None
 def write_run_rank(model: object, run_dir: Path, layers: list[dict], logger: RunLogger | None = None) -> None:
     """`rank.json` for an attack run: counts and bound for every layer, the attack's measured ranks where it has
     them (no second eigen-decomposition). Never raises: the analysis is a by-product of the run."""
-    import logging
-
-    from rgap_bench.rank.analysis import analyse_model
-
     try:
         measured = {
             int(row["index"]): {"rank": row.get("rank"), "sigma_min_rel": row.get("sigma_min_rel"),
@@ -71,4 +70,4 @@ def write_run_rank(model: object, run_dir: Path, layers: list[dict], logger: Run
         report = analyse_model(model, numeric=False, measured=measured)
         save_rank(report, run_dir, logger)
     except Exception as exc:
-        logging.getLogger(__name__).warning("rank analysis skipped (%s: %s)", type(exc).__name__, exc)
+        log.warning("rank analysis skipped (%s: %s)", type(exc).__name__, exc)

@@ -12,14 +12,17 @@ SOLVERS = ("auto", "iterative", "dense", "sparse", "lstsq")
 @dataclass
 class RGAPOptions:
     name: str = "rgap"
-    dtype: str = "float64"  # float64 | float32
+    # float64 | float32: the layer-by-layer solves; the output scalar and the joint null-space solve stay float64
+    dtype: str = "float64"
     solver: str = "auto"  # auto | iterative | dense | sparse | lstsq (the last is the naive reference)
     rank: str = "auto"  # auto | exact | off: numerical rank of each layer's system
     # auto: dense exact rank up to this many unknowns; any size when the gradient rows alone prove full rank
     rank_max_unknowns: int = 6000
-    null_max_unknowns: int = 16000  # auto: also up to this many when the counting bound predicts a null space
+    # auto: also up to this many when the counting bound predicts a null space; the dense path holds three n x n
+    # matrices (24 n^2 bytes in float64: 6.1 GB at 16000) and falls back to PCG when they would not fit in free memory
+    null_max_unknowns: int = 16000
     refine_steps: int = 2  # iterative-refinement steps after the normal-equation solve
-    scale_rows: bool = True  # normalise each constraint row; without it gradient rows drown
+    scale_rows: bool = True  # normalise each constraint row (every solve, the joint one too); else gradient rows drown
     rcond: float = 1e-10  # relative eigenvalue cut-off for rank-deficient normal equations
     tol: float = 1e-11  # iterative solver: relative residual of the normal equations
     max_iter: int = 3000  # iterative solver: iteration cap per layer

@@ -4,6 +4,7 @@ When layer i's system is rank-deficient, its input is only known up to x_i = x_m
 basis of the undetermined directions. The layer below still has surplus equations: its weight rows say
 W_{i-1} x_{i-1} = sigma^-1(x_min + N a). Solving for (x_{i-1}, a) jointly recovers what layer i alone could not,
 whenever the joint system has full column rank (it does for CNN6-d's conv1, see docs/rank_analysis.md).
+Everything here runs in float64 whatever attack.dtype says.
 
 sigma^-1 and the back-propagated error k_{i-1} depend on the LeakyReLU pattern of the unknown x_i, so the joint
 linear system is solved for a fixed pattern and the pattern re-read from the solution (see
@@ -52,20 +53,23 @@ def solve_through_null_space(
     *,
     tol: float = 1e-11,
     max_pcg_iter: int = 3000,
+    scale_rows: bool = True,
     **options,
 ) -> JointSolution:
     """Jointly solve a conv layer's input and the null-space coefficients of the deficient layer above it,
     matrix-free on the weights' device.
 
     Only conv layers can sit below a deficient layer: a linear layer's gradient rows alone determine its input, so
-    a linear layer is never deficient, and the layers below the first linear one are convolutions.
+    a linear layer is never deficient, and the layers below the first linear one are convolutions. `scale_rows`
+    (attack.scale_rows) scales every row to unit norm, as in the layer-by-layer solves; `options` tune the
+    pattern iteration (`_pattern_iteration`).
     """
     if geom is None:
         raise UnsupportedModelError(
             "the joint null-space solve needs a conv layer below the rank-deficient one; use "
             "attack.carry_null_space=false for this architecture"
         )
-    joint = _ConvJoint(weight, grad, geom, act, back_k, x_min, null_basis, options.get("scale_rows", True))
+    joint = _ConvJoint(weight, grad, geom, act, back_k, x_min, null_basis, scale_rows)
     return _pattern_iteration(joint, tol=tol, max_pcg_iter=max_pcg_iter, **options)
 
 
@@ -148,7 +152,6 @@ def _pattern_iteration(
     max_iter: int = 25,
     damping: float = 0.5,
     polish_iter: int = 15,
-    scale_rows: bool = True,
     settled_tol: float = 1e-6,
     loose_tol: float = 1e-7,
 ) -> JointSolution:

@@ -1,0 +1,98 @@
+"""R-GAP's view of a model: its checked blocks with the shared gradient of each, and how k flows between them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from rgap_bench.errors import InvalidUpdateError
+from rgap_bench.linalg.activations import PiecewiseLinear
+from rgap_bench.linalg.constraints import ConvGeometry
+from rgap_bench.models.checks import check_model
+from rgap_bench.rank.counts import conv_counts
+from rgap_bench.types import ClientUpdate
+
+
+@dataclass(frozen=True)
+class RGAPLayer:
+    """What the recursion needs of one block, read off the model and the update once and checked."""
+
+    index: int
+    name: str  # the update's tensor name, e.g. "blocks.3.op.weight"
+    op: nn.Conv2d | nn.Linear
+    act: PiecewiseLinear
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    grad: Tensor  # the shared weight gradient, in the solve dtype on the weights' device
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.op, nn.Conv2d)
+
+    @property
+    def unknowns(self) -> int:
+        return math.prod(self.in_shape)
+
+    @property
+    def geometry(self) -> ConvGeometry | None:
+        """Index geometry of a conv layer's input (None for a linear layer)."""
+        op = self.op
+        if not isinstance(op, nn.Conv2d):
+            return None
+        return ConvGeometry(tuple(self.in_shape), tuple(op.kernel_size), tuple(op.stride), tuple(op.padding))
+
+    def predicted_deficiency(self) -> int:
+        """The counting bound's deficiency (rgap_bench.rank.counts): sizes the null-space search of the dense path."""
+        op = self.op
+        if not isinstance(op, nn.Conv2d):
+            return 0
+        counts = conv_counts(tuple(self.in_shape), op.out_channels, op.kernel_size, op.stride, op.padding)
+        return max(counts.predicted_deficiency, 0)
+
+
+def read_layers(model: nn.Module, update: ClientUpdate, dtype: torch.dtype) -> list[RGAPLayer]:
+    """The model's blocks (`check_model` says why one cannot be attacked) with the update's gradient of each;
+    raises `InvalidUpdateError` when a gradient is missing, misshapen or not finite."""
+    layers = []
+    for block in check_model(model):
+        op = block.op
+        key = f"blocks.{block.index}.op.weight"
+        if key not in update.tensors:
+            raise InvalidUpdateError(f"the update has no tensor {key!r}; it was made for another model")
+        grad = update.tensors[key].detach().to(op.weight.device, dtype)
+        if grad.shape != op.weight.shape:
+            raise InvalidUpdateError(f"{key}: update shape {tuple(grad.shape)} != weight {tuple(op.weight.shape)}")
+        if not torch.isfinite(grad).all():
+            raise InvalidUpdateError(
+                f"{key} contains NaN or Inf: the client's gradient diverged or a defence broke it; "
+                "check the client loss and the defence parameters"
+            )
+        act = PiecewiseLinear(block.slope)
+        layers.append(RGAPLayer(block.index, key, op, act, block.in_shape, block.out_shape, grad))
+    return layers
+
+
+def back_propagate(upper: RGAPLayer, k_upper: Tensor, dtype: torch.dtype) -> Tensor:
+    """dL/d(input of the upper layer) = W^T k, reshaped to the lower layer's output shape."""
+    weight = upper.op.weight.detach().to(dtype)
+    if isinstance(upper.op, nn.Linear):
+        return (weight.T @ k_upper.reshape(-1)).reshape(upper.in_shape)
+    grad_in = torch.nn.grad.conv2d_input(
+        (1, *upper.in_shape),
+        weight,
+        k_upper.reshape(1, *k_upper.shape[-3:]),
+        upper.op.stride,
+        upper.op.padding,
+    )
+    return grad_in[0]
+
+
+def describe_op(op: nn.Conv2d | nn.Linear) -> str:
+    """Short, readable layer label such as 'conv 3>12 k4 s2 p2' or 'linear 3200>1'."""
+    if isinstance(op, nn.Linear):
+        return f"linear {op.in_features}>{op.out_features}"
+    kernel = "x".join(map(str, op.kernel_size)) if op.kernel_size[0] != op.kernel_size[1] else op.kernel_size[0]
+    return f"conv {op.in_channels}>{op.out_channels} k{kernel} s{op.stride[0]} p{op.padding[0]}"

@@ -1,0 +1,105 @@
+"""Which solver each layer gets, decided before any solve: one small record per layer instead of string flags.
+
+attack.solver=auto (the default): the closed form for a linear layer, PCG for a conv, and the dense factorisation
+for a conv whose rank is wanted (attack.rank: `exact` always; `auto` up to attack.rank_max_unknowns unknowns, or up to
+attack.null_max_unknowns when the counting bound predicts a null space the layer below can absorb), unless the
+gradient rows alone prove the layer full rank (any size) or the dense matrices would not fit in free memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from rgap_bench.attacks.rgap.layers import RGAPLayer
+from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.linalg.operators import ConvSystem
+from rgap_bench.linalg.resources import dense_memory
+
+log = logging.getLogger(__name__)
+
+Strategy = Literal["direct-linear", "pcg", "dense", "explicit-dense", "explicit-sparse", "lstsq"]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """How one layer is solved, and what is known of its rank before solving."""
+
+    strategy: Strategy
+    want_rank: bool  # measure the rank (and the null space) while solving
+    known_rank: int | None = None  # full rank established without a factorisation (gradient rows)
+    certificate: float | None = None  # the gradient rows' lower bound on sigma_min^2 / sigma_max^2, when it proves it
+    null_hint: int = 0  # the counting bound's deficiency, which sizes the null-space search
+
+
+def _null_expected(layer: RGAPLayer, options: RGAPOptions) -> bool:
+    """A larger layer goes dense too when the counting bound predicts a null space that the layer below can
+    absorb: only the dense path finds the null space to carry down."""
+    if not options.carry_null_space or layer.index == 0 or layer.unknowns > options.null_max_unknowns:
+        return False
+    return layer.predicted_deficiency() > 0
+
+
+def _full_rank_certificate(system: ConvSystem | None, options: RGAPOptions) -> float | None:
+    """rank=auto: the gradient rows' lower bound on sigma_min^2 / sigma_max^2 when it proves full rank at
+    attack.rcond (the dense path's threshold), else None."""
+    if system is None or options.rank != "auto":
+        return None
+    bound = system.full_rank_bound()
+    return bound if bound is not None and bound > options.rcond else None
+
+
+def _strategy(layer: RGAPLayer, want_rank: bool, options: RGAPOptions) -> Strategy:
+    """auto: closed form for linear layers, PCG for convs, the dense path when a rank is wanted."""
+    solver = options.solver
+    if solver == "auto":
+        if not layer.is_conv:
+            return "direct-linear"
+        return "dense" if want_rank else "pcg"
+    if solver == "iterative":
+        return "pcg" if layer.is_conv else "direct-linear"
+    if solver == "dense":
+        return "dense" if layer.is_conv else "explicit-dense"
+    if solver == "sparse":
+        return "explicit-sparse"
+    return "lstsq"
+
+
+def _fits_in_memory(layer: RGAPLayer, dtype: torch.dtype) -> bool:
+    memory = dense_memory(layer.unknowns, dtype, layer.op.weight.device)
+    if memory.fits():
+        return True
+    log.warning(
+        "layer %d: the dense normal matrix (%d unknowns) needs ~%.1f GB, %.1f GB are free; solving "
+        "it iteratively without its rank or null space (lower attack.null_max_unknowns to silence this)",
+        layer.index, layer.unknowns, memory.need / 1e9, memory.free / 1e9,
+    )  # fmt: skip
+    return False
+
+
+def plan_layer(
+    layer: RGAPLayer, k: Tensor, system: ConvSystem | None, options: RGAPOptions, dtype: torch.dtype
+) -> LayerPlan:
+    """The plan of one layer, given its back-propagated error `k` and (conv layers) its matrix-free system."""
+    n = layer.unknowns
+    # A linear layer's gradient rows alone pin x down (rank n) as soon as one k[j] != 0: no need to measure.
+    determined_by_gradient = not layer.is_conv and bool(torch.any(k != 0))
+    want_rank = options.rank == "exact" or (
+        options.rank == "auto"
+        and not determined_by_gradient
+        and (n <= options.rank_max_unknowns or _null_expected(layer, options))
+    )
+    certificate = _full_rank_certificate(system, options)
+    if certificate is not None:
+        want_rank = False  # proven full rank (at any size): no dense factorisation needed
+    strategy = _strategy(layer, want_rank, options)
+    auto = options.rank == "auto" and options.solver == "auto"
+    if strategy == "dense" and auto and not _fits_in_memory(layer, dtype):
+        want_rank, strategy = False, "pcg"
+    known = n if determined_by_gradient or certificate is not None else None
+    hint = layer.predicted_deficiency() if want_rank else 0
+    return LayerPlan(strategy, want_rank, known, certificate, hint)

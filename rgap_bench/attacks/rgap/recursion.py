@@ -1,0 +1,94 @@
+"""The recursion for one (label, root) hypothesis: top-down over the blocks, each layer solved from the one above.
+
+For each block below the head: k_i = (W_{i+1}^T k_{i+1}) * sigma'(z_i), z_i = sigma^-1(x_{i+1}), and the layer
+input solves [gradient rows; weight rows] x_i = [dL/dW_i; z_i]. When a layer's system is rank-deficient its null
+space is carried down: the conv below solves its own input together with the free coefficients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rgap_bench.attacks.rgap.layers import RGAPLayer, back_propagate
+from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.attacks.rgap.plan import plan_layer
+from rgap_bench.attacks.rgap.report import completed_below, layer_report
+from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
+from rgap_bench.linalg.operators import ConvSystem
+from rgap_bench.types import LayerReport, Reconstruction
+
+
+def _solve_layer(
+    layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype
+) -> tuple[Tensor, LayerReport, Tensor | np.ndarray | None]:
+    """One layer on its own: plan, solve, report; returns its input, its report and its null basis (if measured)."""
+    start = time.perf_counter()
+    weight = layer.op.weight.detach().to(dtype)
+    geom = layer.geometry
+    system = None
+    if geom is not None:
+        system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, options.scale_rows)
+    plan = plan_layer(layer, k, system, options, dtype)
+    solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system), plan, options)
+    return solve.x, layer_report(layer, solve, plan, time.perf_counter() - start), solve.null_basis
+
+
+def _carries_null_space(layers: list[RGAPLayer], layer: RGAPLayer, options: RGAPOptions) -> bool:
+    """The joint solve needs a conv below (a linear layer is never deficient anyway)."""
+    return options.carry_null_space and layer.index > 0 and isinstance(layers[layer.index - 1].op, nn.Conv2d)
+
+
+def recurse(
+    layers: list[RGAPLayer], label: int, u: float, scale: int, options: RGAPOptions, dtype: torch.dtype
+) -> Reconstruction:
+    """The reconstruction under the hypothesis (label, u), u = y * mu the output scalar's root."""
+    y = 2 * label - 1
+    mu = u / y
+    head = layers[-1]
+    z = head.act.inverse(torch.tensor([mu], dtype=dtype, device=head.grad.device))
+    dl_dmu = -y / (1.0 + math.exp(u)) / scale
+    k = dl_dmu * head.act.derivative(z)
+    reports: list[LayerReport] = []
+    x_next: Tensor | None = None
+    null_basis = None
+    for layer in reversed(layers):
+        if x_next is not None:
+            back_k = back_propagate(layers[layer.index + 1], k, dtype)
+            if null_basis is not None:
+                start = time.perf_counter()
+                joint = solve_joint(layer, back_k, x_next, null_basis, options, dtype)
+                x_next, null_basis = joint.x, None
+                k = back_k * layer.act.derivative(layer.act.inverse(joint.x_upper))
+                reports[-1] = completed_below(reports[-1], layer.index)
+                reports.append(layer_report(layer, joint, None, time.perf_counter() - start))
+                continue
+            z = layer.act.inverse(x_next.reshape(layer.out_shape))
+            k = back_k * layer.act.derivative(z)
+        x_next, report, null_basis = _solve_layer(layer, k, z, options, dtype)
+        if not _carries_null_space(layers, layer, options):
+            null_basis = None
+        reports.append(report)
+    reports.reverse()
+    residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
+    image = x_next.reshape(1, *layers[0].in_shape).float().cpu()
+    residual = float(np.mean(residuals))
+    violation = float((image - image.clamp(0, 1)).abs().mean())
+    return Reconstruction(
+        inputs=image,
+        labels=torch.tensor([label]),
+        layers=reports,
+        residual_rel=residual,
+        range_violation=violation,
+        info={
+            "label": label,
+            "u": float(u),
+            "mu": float(mu),
+            "mean_residual_rel": residual,
+            "range_violation": violation,
+        },
+    )

@@ -1,0 +1,24 @@
+"""One solver strategy per method; the plan (`rgap_bench.attacks.rgap.plan`) names which one a layer gets.
+
+Every strategy takes a `LayerProblem`, the layer's `LayerPlan` and the options, and returns a `LayerSolve`; the
+joint null-space solve (`solve_joint`) is the recursion's other step, for a layer below a rank-deficient one.
+"""
+
+from rgap_bench.attacks.rgap.plan import Strategy
+from rgap_bench.attacks.rgap.solvers.base import LayerProblem, LayerSolve, SolveFunction
+from rgap_bench.attacks.rgap.solvers.dense import solve_dense
+from rgap_bench.attacks.rgap.solvers.explicit import solve_explicit_dense, solve_explicit_sparse, solve_lstsq
+from rgap_bench.attacks.rgap.solvers.iterative import solve_pcg
+from rgap_bench.attacks.rgap.solvers.joint import solve_joint
+from rgap_bench.attacks.rgap.solvers.linear import solve_linear
+
+STRATEGIES: dict[Strategy, SolveFunction] = {
+    "direct-linear": solve_linear,
+    "pcg": solve_pcg,
+    "dense": solve_dense,
+    "explicit-dense": solve_explicit_dense,
+    "explicit-sparse": solve_explicit_sparse,
+    "lstsq": solve_lstsq,
+}
+
+__all__ = ["STRATEGIES", "LayerProblem", "LayerSolve", "solve_joint"]

@@ -1,0 +1,46 @@
+"""What a solver strategy is given and what it returns, so that strategies are interchangeable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+from rgap_bench.attacks.rgap.layers import RGAPLayer
+from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.attacks.rgap.plan import LayerPlan
+from rgap_bench.linalg.operators import ConvSystem
+
+
+@dataclass(frozen=True)
+class LayerProblem:
+    """One layer's equations as the recursion hands them over: tensors in the solve dtype, on the weights' device."""
+
+    layer: RGAPLayer
+    weight: Tensor
+    k: Tensor  # dL/dz of this layer
+    z: Tensor  # this layer's pre-activation, recovered from the layer above
+    system: ConvSystem | None  # conv layers: the scaled system as a matrix-free operator
+
+
+@dataclass(frozen=True)
+class LayerSolve:
+    """One layer's solution and what the solve learnt about the system (None: not measured by this solver)."""
+
+    x: Tensor  # the layer's input, shaped like layer.in_shape, in the solve dtype on the weights' device
+    residual_rel: float  # ||A x - b|| / ||b|| of the scaled system
+    solver: str  # the label in layers.json, e.g. "pcg-blockjacobi"
+    rank: int | None = None
+    sigma_min_rel: float | None = None  # smallest / largest singular value of the scaled system
+    null_basis: Tensor | np.ndarray | None = None  # (n, n - rank) undetermined directions, when measured
+    iterations: int | None = None  # iterative solvers only
+    # joint null-space solve only: the corrected input of the deficient layer above, and whether its LeakyReLU
+    # pattern settled with a solution that fits every equation of both layers
+    x_upper: Tensor | None = None
+    pattern_settled: bool | None = None
+    note: str = ""
+
+
+SolveFunction = Callable[[LayerProblem, LayerPlan, RGAPOptions], LayerSolve]

@@ -1,0 +1,14 @@
+"""A linear layer in closed form: its normal matrix is a*I + W^T W (`rgap_bench.linalg.operators.LinearSystem`)."""
+
+from __future__ import annotations
+
+from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.attacks.rgap.plan import LayerPlan
+from rgap_bench.attacks.rgap.solvers.base import LayerProblem, LayerSolve
+from rgap_bench.linalg.operators import LinearSystem
+
+
+def solve_linear(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> LayerSolve:
+    layer = problem.layer
+    x, residual = LinearSystem(problem.weight, problem.k, layer.grad, problem.z, options.scale_rows).solve()
+    return LayerSolve(x.reshape(layer.in_shape), residual, "direct-linear")

@@ -1,0 +1,69 @@
+"""What the machine can give a solve: free memory for a dense factorisation, CPU threads for many tiny kernels.
+
+Kept apart from the solvers so that a solver's arithmetic reads the same on every machine; only the choice between
+solvers (R-GAP's plan) and the thread count of a solve depend on these probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+SMALL_LAYER_WORK = 2e7  # unknowns x taps per filter below which one CPU thread is fastest for PCG
+DENSE_MATRICES = 3  # n x n matrices alive at the dense path's peak: the normal matrix, its shifted copy, the factor
+
+
+@dataclass(frozen=True)
+class DenseMemory:
+    """Bytes the dense path holds at its peak and the bytes free on its device (None where unknown)."""
+
+    need: float
+    free: float | None
+
+    def fits(self, share: float = 0.8) -> bool:
+        """True unless the probe knows that `need` exceeds `share` of the free memory."""
+        return self.free is None or self.need <= share * self.free
+
+
+def dense_bytes(n: int, dtype: torch.dtype) -> float:
+    """Peak bytes of a dense factorisation of an n x n normal matrix (`DENSE_MATRICES` of them at once)."""
+    return DENSE_MATRICES * float(n) * n * torch.empty((), dtype=dtype).element_size()
+
+
+def free_bytes(device: torch.device) -> float | None:
+    """Free memory on `device`: CUDA's own count, else the host's MemAvailable (None where it cannot be read)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return float(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def dense_memory(n: int, dtype: torch.dtype, device: torch.device) -> DenseMemory:
+    """What a dense factorisation of n unknowns needs against what `device` has free."""
+    return DenseMemory(dense_bytes(n, dtype), free_bytes(device))
+
+
+def solve_threads(device: torch.device, work: float) -> int | None:
+    """Thread cap for an iterative solve of `work` (unknowns x taps per filter): one CPU thread for small layers,
+    whose many tiny kernels only gain synchronisation from more; None (torch's own count) otherwise."""
+    return 1 if device.type == "cpu" and work < SMALL_LAYER_WORK else None
+
+
+@contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Temporarily cap torch's CPU threads: PCG on small layers runs many tiny kernels, where extra threads only
+    add synchronisation (and collapse when another process holds a core)."""
+    previous = torch.get_num_threads()
+    if count is not None and count < previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

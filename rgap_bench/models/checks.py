@@ -1,0 +1,88 @@
+"""Whether a model is a stack R-GAP's recursion can walk, with the reason when it is not.
+
+One check, shared by the attack (before it reads any gradient) and the rank analysis (which reports the reason
+next to its counts), so both say the same thing about the same model. It looks only at the model, never at an
+update, and so lives with the models, below every attack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from rgap_bench.errors import UnsupportedModelError
+from rgap_bench.models.layers import SequentialNet
+
+SUPPORTED_LAYERS = "bias-free nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear"
+SUPPORTED_ACTIVATIONS = "LeakyReLU with a positive slope, or Identity"
+
+
+@dataclass(frozen=True)
+class CheckedBlock:
+    """One block that passed: its weight op, its activation's negative slope (Identity: 1) and its shapes."""
+
+    index: int
+    op: nn.Conv2d | nn.Linear
+    slope: float
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+
+
+def activation_slope(module: nn.Module, where: str) -> float:
+    """The negative slope of an invertible piecewise-linear activation, or say why R-GAP cannot pass through it."""
+    if isinstance(module, nn.Identity):
+        return 1.0
+    if isinstance(module, nn.LeakyReLU) and module.negative_slope > 0:
+        return float(module.negative_slope)
+    reason = {
+        nn.ReLU: "ReLU zeroes negative pre-activations, so they cannot be recovered (use leaky_relu)",
+        nn.LeakyReLU: "a LeakyReLU with slope <= 0 is not invertible",
+    }.get(type(module), "R-GAP needs a piecewise-linear, invertible, positively homogeneous activation")
+    raise UnsupportedModelError(
+        f"{where}: activation {module.__class__.__name__} is not supported by R-GAP: {reason}. "
+        f"Supported: {SUPPORTED_ACTIVATIONS}."
+    )
+
+
+def _check_op(op: nn.Module, where: str) -> None:
+    if not isinstance(op, nn.Conv2d | nn.Linear):
+        raise UnsupportedModelError(f"{where} is not supported; R-GAP supports {SUPPORTED_LAYERS}")
+    if op.bias is not None:
+        raise UnsupportedModelError(f"{where} has a bias; R-GAP as published needs bias-free layers. Set bias: false")
+    if isinstance(op, nn.Conv2d) and (
+        op.groups != 1 or tuple(op.dilation) != (1, 1) or op.padding_mode != "zeros" or isinstance(op.padding, str)
+    ):
+        raise UnsupportedModelError(f"{where}: R-GAP supports {SUPPORTED_LAYERS}")
+
+
+def check_model(model: nn.Module) -> list[CheckedBlock]:
+    """Every block of `model` as R-GAP sees it; raises `UnsupportedModelError` naming the first obstacle (layer
+    kind, bias, conv options, activation, then a head that is not a single-logit linear layer)."""
+    if not isinstance(model, SequentialNet):
+        raise UnsupportedModelError(
+            f"R-GAP walks a stack of conv/linear blocks (rgap_bench.models.SequentialNet); got "
+            f"{model.__class__.__name__}"
+        )
+    shapes = [*model.block_input_shapes, None]
+    blocks = []
+    for i, block in enumerate(model.blocks):
+        where = f"layer {i} ({block.op.__class__.__name__})"
+        _check_op(block.op, where)
+        out_shape = tuple(shapes[i + 1]) if shapes[i + 1] is not None else (block.op.weight.shape[0],)
+        blocks.append(CheckedBlock(i, block.op, activation_slope(block.act, where), tuple(shapes[i]), out_shape))
+    head = blocks[-1].op
+    if not isinstance(head, nn.Linear) or head.out_features != 1:
+        raise UnsupportedModelError(
+            f"R-GAP's output step needs a single-logit nn.Linear head (binary logistic loss); the last layer is {head}"
+        )
+    return blocks
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """`check_model`'s message, or None when R-GAP can attack the model."""
+    try:
+        check_model(model)
+    except UnsupportedModelError as exc:
+        return str(exc)
+    return None

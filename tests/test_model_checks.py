@@ -1,0 +1,72 @@
+"""One check decides whether R-GAP can attack a model: the attack and the rank analysis give the same reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rgap_bench.attacks.rgap import RGAP
+from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
+from rgap_bench.models import build_convnet, cnn6, fcn3
+from rgap_bench.models.checks import check_model, unsupported_reason
+from rgap_bench.rank import analyse_model
+from tests.conftest import make_update, photo_batch
+
+
+def _tiny(act: nn.Module | None = None, bias: bool = False, op: nn.Module | None = None, head: int = 1) -> nn.Module:
+    model = build_convnet(
+        [{"kind": "conv", "out": 2, "kernel": 3, "padding": 1, "bias": bias}, {"kind": "linear", "out": head}],
+        in_channels=1,
+        image_size=4,
+    )
+    if act is not None:
+        model.blocks[0].act = act
+    if op is not None:
+        model.blocks[0].op = op
+    return model
+
+
+def test_paper_models_pass_with_their_slopes_and_shapes():
+    blocks = check_model(cnn6())
+    assert [b.slope for b in blocks] == [0.2] * 6 + [1.0]
+    assert [b.in_shape for b in blocks] == list(cnn6().block_input_shapes)
+    assert blocks[0].out_shape == (12, 17, 17) and blocks[-1].out_shape == (1,)
+    assert [b.slope for b in check_model(fcn3())] == [0.2] * 3
+    assert unsupported_reason(cnn6()) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (_tiny(nn.ReLU()), "activation ReLU is not supported"),
+        (_tiny(nn.LeakyReLU(0.0)), "slope <= 0"),
+        (_tiny(nn.Tanh()), "activation Tanh"),
+        (_tiny(nn.ReLU(), bias=True), "layer 0 (Conv2d) has a bias"),  # the first obstacle of a layer is named
+        (_tiny(op=nn.Conv2d(1, 2, 3, padding=1, bias=False, padding_mode="circular")), "zero padding"),
+        (_tiny(op=nn.Conv2d(1, 2, 3, padding=2, dilation=2, bias=False)), "dilation=1"),
+        (_tiny(head=2), "single-logit"),
+    ],
+)
+def test_attack_and_rank_analysis_give_the_same_reason(model, message):
+    reason = unsupported_reason(model)
+    assert message in reason
+    assert analyse_model(model, numeric=False).reason == reason
+    update = make_update(_tiny(), photo_batch(image_size=4, channels=1))  # the reason comes before the update
+    with pytest.raises(UnsupportedModelError) as raised:
+        RGAP(rank="off")(model, update)
+    assert str(raised.value) == reason
+
+
+def test_a_model_that_is_not_a_block_stack_is_refused():
+    with pytest.raises(UnsupportedModelError, match="SequentialNet"):
+        check_model(nn.Sequential(nn.Linear(4, 1, bias=False)))
+    assert "got Sequential" in unsupported_reason(nn.Sequential(nn.Linear(4, 1)))
+
+
+def test_the_update_is_checked_after_the_model():
+    model = _tiny()
+    update = make_update(model, photo_batch(image_size=4, channels=1))
+    tensors = {name: torch.zeros(1) for name in update.tensors}
+    with pytest.raises(InvalidUpdateError, match="update shape"):
+        RGAP(rank="off")(model, type(update)(tensors, update.metadata))

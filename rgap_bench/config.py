@@ -2,17 +2,42 @@
 
 Each config group option in ``conf/`` starts its defaults list with one of these schemas, so a misspelt key or a
 value of the wrong type fails when Hydra composes the config, with Hydra's own message, before any work starts.
+A plugin's schema subclasses the plugin's options dataclass and adds only ``_target_``: the defaults live next to
+the plugin (`rgap_bench.options`), the YAML option carries only what differs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
+from rgap_bench.attacks.dlg import DLGOptions
+from rgap_bench.attacks.hgap import HGAPOptions
+from rgap_bench.attacks.idlg import IDLGOptions
+from rgap_bench.attacks.ig import IGOptions
 from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.data.cifar10 import CIFAR10Options
+from rgap_bench.data.digits import DigitsOptions
+from rgap_bench.data.mnist import MNISTOptions
+from rgap_bench.data.photos import PhotosOptions
+from rgap_bench.defenses.base import Defense
+from rgap_bench.defenses.clipping import Clipping
+from rgap_bench.defenses.compose import DefenseSettings
+from rgap_bench.defenses.dpsgd import DPSGD
+from rgap_bench.defenses.gaussian import GaussianNoise
+from rgap_bench.defenses.laplace import LaplaceNoise
+from rgap_bench.defenses.pruning import Pruning
+from rgap_bench.defenses.quantization import Quantization
+from rgap_bench.fl.client import FedSGDOptions
+from rgap_bench.fl.fedavg import FedAvgOptions
+from rgap_bench.logging.wandb_logger import WandbOptions
+from rgap_bench.models.paper import CNN6dOptions, FCN3Options, PaperModelOptions
+
+# Every defence (conf/defense/<default_name>.yaml): its options become the schema of defense.<default_name>.
+DEFENSES: tuple[type[Defense], ...] = (Clipping, DPSGD, GaussianNoise, LaplaceNoise, Pruning, Quantization)
 
 
 @dataclass
@@ -30,12 +55,18 @@ class LayerSpecConfig:
 
 
 @dataclass
-class PaperModelConfig:
-    _target_: str = MISSING
-    name: str = MISSING
-    in_channels: int = 3
-    image_size: int = 32
-    negative_slope: float = 0.2
+class CNN6Config(PaperModelOptions):
+    _target_: str = "rgap_bench.models.cnn6"
+
+
+@dataclass
+class CNN6dConfig(CNN6dOptions):
+    _target_: str = "rgap_bench.models.cnn6d"
+
+
+@dataclass
+class FCN3Config(FCN3Options):
+    _target_: str = "rgap_bench.models.fcn3"
 
 
 @dataclass
@@ -48,37 +79,33 @@ class ConvNetConfig:
 
 
 @dataclass
-class DataConfig:
-    _target_: str = MISSING
-    name: str = MISSING
-    root: str | None = None  # directory holding a torchvision-format dataset (disk datasets only)
-    train: bool = True  # which split of a disk dataset
-    image_size: int = 32
-    channels: int = 3
-    batch_size: int = 1
-    index: int | None = 0  # first sample of the private batch; null draws the batch at random from the seed
+class PhotosConfig(PhotosOptions):
+    _target_: str = "rgap_bench.data.photos.EmbeddedPhotos"
 
 
 @dataclass
-class FedSGDClientConfig:
+class DigitsConfig(DigitsOptions):
+    _target_: str = "rgap_bench.data.digits.EmbeddedDigits"
+
+
+@dataclass
+class MNISTConfig(MNISTOptions):
+    _target_: str = "rgap_bench.data.mnist.MNISTFolder"
+
+
+@dataclass
+class CIFAR10Config(CIFAR10Options):
+    _target_: str = "rgap_bench.data.cifar10.CIFAR10Folder"
+
+
+@dataclass
+class FedSGDClientConfig(FedSGDOptions):
     _target_: str = "rgap_bench.fl.client.FedSGDClient"
-    name: str = "fedsgd"
-    loss: str = "binary_logistic"
-    reduction: str = "mean"
-    label_policy: str = "flip_prediction"  # flip_prediction | true
-    share_labels: bool = True  # the paper's threat model: the attacker knows the label
 
 
 @dataclass
-class FedAvgClientConfig(FedSGDClientConfig):
+class FedAvgClientConfig(FedAvgOptions):
     _target_: str = "rgap_bench.fl.fedavg.FedAvgClient"
-    name: str = "fedavg"
-    local_steps: int | None = 1  # S plain-SGD steps; null = local_epochs passes over the client's data
-    local_epochs: int = 1  # E, used when local_steps is null
-    lr: float = 0.1  # eta
-    batch_size: int | None = None  # local mini-batch; null = all of the client's samples in one batch
-    seed: int = 0  # shuffling of the local data
-    precision: str = "32-true"  # Lightning precision of local training; "64-true" removes float32 rounding
 
 
 @dataclass
@@ -109,89 +136,52 @@ class RGAPConfig(RGAPOptions):
 
 
 @dataclass
-class MatchingConfig:
-    """Gradient-matching attacks (dlg, idlg, ig); each YAML sets the paper's defaults."""
-
-    _target_: str = MISSING
-    name: str = MISSING
-    distance: str = "euclidean"  # euclidean (relative squared distance) | cosine
-    optimizer: str = "lbfgs"  # lbfgs | adam
-    lr: float = 1.0
-    max_iterations: int = 1000  # budget in gradient evaluations, per restart and label hypothesis
-    schedule: str = "none"  # none | step (lr x0.1 at 3/8, 5/8, 7/8 of the budget; adam only)
-    tolerance: float = 1e-10  # early stop once the gradient distance is at or below this
-    tv_weight: float = 0.0  # total-variation prior weight
-    signed: bool = False  # adam on the sign of the input gradient
-    restarts: int = 1  # random restarts; the best gradient match is kept
-    box: bool = False  # project the inputs onto [0, 1] after every step
-    labels: str = "optimise"  # when not shared: optimise (soft label, DLG) | infer (analytic, iDLG)
-    init: str = "uniform"  # uniform [0, 1) | normal
-    seed: int = 0  # the attack's own generator: same seed, same reconstruction
-    dtype: str = "float32"  # float32 | float64
-    progress: bool = True  # rich progress bar (only on a terminal)
+class DLGConfig(DLGOptions):
+    _target_: str = "rgap_bench.attacks.dlg.DLG"
 
 
 @dataclass
-class HGAPConfig:
+class IDLGConfig(IDLGOptions):
+    _target_: str = "rgap_bench.attacks.idlg.IDLG"
+
+
+@dataclass
+class IGConfig(IGOptions):
+    _target_: str = "rgap_bench.attacks.ig.InvertingGradients"
+
+
+@dataclass
+class HGAPConfig(HGAPOptions):
     _target_: str = "rgap_bench.attacks.hgap.HGAP"
-    name: str = "hgap"
-    dtype: str = "float64"  # R-GAP's solve
-    rank: str = "auto"  # R-GAP's rank measurement; a deficient layer triggers the matching stage
-    rank_max_unknowns: int = 6000
-    null_max_unknowns: int = 16000
-    distance: str = "euclidean"
-    optimizer: str = "lbfgs"
-    lr: float = 1.0
-    max_iterations: int = 1000
-    schedule: str = "none"
-    tolerance: float = 1e-10
-    tv_weight: float = 0.0
-    signed: bool = False
-    box: bool = True
-    random_restarts: int = 1  # extra matching runs from random inputs next to the one from R-GAP
-    labels: str = "infer"
-    seed: int = 0
-    matching_dtype: str = "float32"
-    progress: bool = True
 
 
 @dataclass
-class DefenseConfig:
-    """One flat schema for every defence, so options selected as a list (`defense=[clipping,gaussian]`) merge.
+class DefenseConfig(DefenseSettings):
+    """The run-level defence node; each selected defence adds its own node `defense.<name>` (see `defense_schemas`).
 
-    Each option sets its own parameters and adds `steps.<name>: <class>`; unset parameters stay None and a set
-    parameter that no selected defence takes is refused by `rgap_bench.defenses.compose.build_defense`.
+    Stored with struct mode off so those nodes can join it in the selection order; a key that is neither a setting
+    here nor a selected defence is refused by `rgap_bench.defenses.compose.build_defense`.
     """
 
     _target_: str = "rgap_bench.defenses.compose.build_defense"
-    name: str = "none"
-    steps: dict[str, str] = field(default_factory=dict)  # applied in this order: name -> defence class
-    seed: int = 0  # noise seed (step i uses seed + i)
-    sigma: float | None = None  # gaussian: noise std
-    scale: float | None = None  # laplace: scale b (std sqrt(2) b)
-    ratio: float | None = None  # pruning: fraction of smallest-magnitude entries zeroed per tensor
-    bits: int | None = None  # quantization: 2^bits levels per tensor
-    max_norm: float | None = None  # clipping: L2 norm bound of the whole update
-    clip_norm: float | None = None  # dpsgd: per-example L2 clipping norm C
-    noise_multiplier: float | None = None  # dpsgd: noise std / C
-    delta: float | None = None  # dpsgd: delta of the reported (epsilon, delta)
-    sample_rate: float | None = None  # dpsgd: null = batch size / local dataset size
-    utility: bool = False  # also train with the defence for a few epochs and report test accuracy
-    utility_epochs: int = 3
-    utility_lr: float = 0.05
-    utility_batch_size: int = 8
-    utility_test_fraction: float = 0.2  # held-out share of the data plugin's dataset
+    _recursive_: bool = False  # the builder builds each defence itself, with the pipeline's seeds
+
+
+def defense_schemas() -> dict[str, type]:
+    """`schema/defense/<name>`: a defence's options dataclass plus its `_target_`, the node its YAML option adds."""
+    return {
+        cls.default_name: make_dataclass(
+            f"{cls.__name__}Config",
+            [("_target_", str, field(default=f"{cls.__module__}.{cls.__qualname__}"))],
+            bases=(cls.Options,),
+        )
+        for cls in DEFENSES
+    }
 
 
 @dataclass
-class WandbLoggerConfig:
+class WandbLoggerConfig(WandbOptions):
     _target_: str = "rgap_bench.logging.wandb_logger.WandbRunLogger"
-    name: str = "wandb"
-    project: str = "rgap_bench"
-    entity: str | None = None
-    mode: str = "offline"  # offline | online | disabled; the WANDB_MODE environment variable wins
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -203,7 +193,7 @@ class NoLoggerConfig:
 @dataclass
 class RunConfig:
     model: Any = MISSING
-    data: DataConfig = MISSING
+    data: Any = MISSING
     client: Any = MISSING
     attack: Any = MISSING
     defense: Any = MISSING
@@ -220,19 +210,26 @@ class RunConfig:
 # each YAML option pulls its schema in with ``- /schema/<group>/<option>@_here_``.
 SCHEMAS: dict[tuple[str, str], Any] = {
     ("schema", "run"): RunConfig,
-    ("schema/model", "paper"): PaperModelConfig,
+    ("schema/model", "cnn6"): CNN6Config,
+    ("schema/model", "cnn6d"): CNN6dConfig,
+    ("schema/model", "fcn3"): FCN3Config,
     ("schema/model", "convnet"): ConvNetConfig,
-    ("schema/data", "data"): DataConfig,
+    ("schema/data", "photos"): PhotosConfig,
+    ("schema/data", "digits"): DigitsConfig,
+    ("schema/data", "mnist"): MNISTConfig,
+    ("schema/data", "cifar10"): CIFAR10Config,
     ("schema/client", "fedsgd"): FedSGDClientConfig,
     ("schema/client", "fedavg"): FedAvgClientConfig,
     ("schema/pretrain", "pretrain"): PretrainConfig,
     ("schema/fl", "fl"): FLConfig,
     ("schema/attack", "rgap"): RGAPConfig,
-    ("schema/attack", "dlg"): MatchingConfig,
-    ("schema/attack", "idlg"): MatchingConfig,
-    ("schema/attack", "ig"): MatchingConfig,
+    ("schema/attack", "dlg"): DLGConfig,
+    ("schema/attack", "idlg"): IDLGConfig,
+    ("schema/attack", "ig"): IGConfig,
     ("schema/attack", "hgap"): HGAPConfig,
-    ("schema/defense", "defense"): DefenseConfig,
+    # struct off: the selected defences add their nodes to it (DefenseConfig's docstring)
+    ("schema/defense", "defense"): OmegaConf.structured(DefenseConfig, flags={"struct": False}),
+    **{("schema/defense", name): schema for name, schema in defense_schemas().items()},
     ("schema/logger", "wandb"): WandbLoggerConfig,
     ("schema/logger", "none"): NoLoggerConfig,
 }

@@ -55,10 +55,13 @@ def _run_description(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         "image_size": cfg.data.image_size,
         "channels": cfg.data.channels,
         "batch_size": cfg.data.batch_size,
-        "defense": OmegaConf.to_container(cfg.defense, resolve=True),
+        "defense": {
+            k: v for k, v in OmegaConf.to_container(cfg.defense, resolve=True).items() if not k.startswith("_")
+        },
         "client": cfg.client.name,
         "seed": cfg.seed,
-        "dtype": cfg.attack.get("dtype", "float32"),
+        # H-GAP's closed-form stage carries its dtype in its nested R-GAP node
+        "dtype": OmegaConf.select(cfg, "attack.dtype") or OmegaConf.select(cfg, "attack.rgap.dtype") or "float32",
         "device": str(device),
     }
 

@@ -42,7 +42,7 @@ def all_attacks(**overrides):
         DLG(**FAST, **overrides),
         IDLG(**FAST, **overrides),
         InvertingGradients(**FAST, restarts=1, **overrides),
-        HGAP(**FAST, **overrides),
+        HGAP(matching={**FAST, **overrides}),
     ]
 
 
@@ -147,13 +147,13 @@ def test_ig_on_an_fcn_batch_of_four_is_scored_one_to_one():
 def test_hgap_returns_rgap_when_determined_and_refines_when_deficient():
     determined = linear_toy()
     batch = photo_batch(image_size=4, channels=1)
-    rec = HGAP(**FAST)(determined, make_update(determined, batch))
+    rec = HGAP(matching=FAST)(determined, make_update(determined, batch))
     assert rec.info["hgap"]["stage"] == "rgap" and psnr(rec.inputs, batch.inputs) >= 60
     torch.manual_seed(0)  # conv 1>2 k3 s2 on 6x6: 18 outputs + 18 gradient rows cannot pin 36 pixels
     specs = [LayerSpec("conv", 2, 3, 2, 1), LayerSpec("linear", 1, activation="identity")]
     deficient = build_from_specs("deficient", (1, 6, 6), specs)
     batch = photo_batch(image_size=6, channels=1)
-    rec = HGAP(max_iterations=100, progress=False)(deficient, make_update(deficient, batch))
+    rec = HGAP(matching={"max_iterations": 100, "progress": False})(deficient, make_update(deficient, batch))
     info = rec.info["hgap"]
     assert info["deficient_layers"] == [0]
     assert min(info["rgap_gradient_distance"], info["matched_gradient_distance"]) == pytest.approx(
@@ -172,7 +172,7 @@ def test_each_attack_runs_through_the_cli(tmp_path):
                 "-m",
                 "rgap_bench",
                 f"attack={attack}",
-                "attack.max_iterations=5",
+                "attack.matching.max_iterations=5" if attack == "hgap" else "attack.max_iterations=5",
                 "model=convnet",
                 "data.image_size=8",
                 "logger=none",

@@ -163,9 +163,9 @@ def test_dpsgd_refuses_weight_deltas_and_late_positions():
     _, update, context = _tiny_client_batch()
     delta = ClientUpdate(update.tensors, UpdateMetadata("weight_delta", 4, BinaryLogistic(), (1, 4, 4)))
     with pytest.raises(ConfigError, match="fedsgd"):
-        DPSGD(1.0, 1.0)(delta, context)
+        DPSGD(clip_norm=1.0, noise_multiplier=1.0)(delta, context)
     with pytest.raises(ConfigError, match="first"):
-        DPSGD(1.0, 1.0)(Pruning(0.5)(update), context)
+        DPSGD(clip_norm=1.0, noise_multiplier=1.0)(Pruning(ratio=0.5)(update), context)
 
 
 def _compose(*overrides: str):
@@ -174,7 +174,9 @@ def _compose(*overrides: str):
 
 
 def test_defences_compose_in_the_order_selected():
-    cfg = _compose("defense=[clipping,gaussian,pruning]", "defense.max_norm=0.5", "defense.sigma=0.01")
+    cfg = _compose(
+        "defense=[clipping,gaussian,pruning]", "defense.clipping.max_norm=0.5", "defense.gaussian.sigma=0.01"
+    )
     pipeline = instantiate(cfg.defense)
     assert [d.name for d in pipeline.defenses] == ["clipping", "gaussian", "pruning"]
     update = known_update(n=10_000, value=None)
@@ -187,10 +189,10 @@ def test_defences_compose_in_the_order_selected():
     assert float((flat(out) != 0).double().mean()) == pytest.approx(0.1, abs=1e-3)
 
 
-def test_single_defence_keeps_its_flat_parameters_and_stray_ones_are_refused():
-    cfg = _compose("defense=gaussian", "defense.sigma=1e-3")
+def test_single_defence_reports_only_its_parameters_and_stray_ones_are_refused():
+    cfg = _compose("defense=gaussian", "defense.gaussian.sigma=1e-3")
     pipeline = instantiate(cfg.defense)
     assert pipeline.report()["steps"] == [{"name": "gaussian", "sigma": 1e-3}]
-    with pytest.raises(Exception, match="ratio"):
-        instantiate(_compose("defense=gaussian", "defense.ratio=0.5").defense)
+    with pytest.raises(Exception, match="pruning"):
+        instantiate(_compose("defense=gaussian", "defense.pruning.ratio=0.5").defense)
     assert instantiate(_compose("defense=none").defense).report() == {"name": "none", "distortion": 0.0, "steps": []}

@@ -120,7 +120,7 @@ def test_cli_fedavg_one_step_on_a_pretrained_model_recovers_and_reports(tmp_path
     run_dir = tmp_path / "fedavg"
     proc = run_cli(
         "client=fedavg", "client.local_steps=1", "client.precision=64-true", "model=convnet", "data.image_size=8",
-        "pretrain.epochs=1", "defense=[clipping,gaussian]", "defense.max_norm=1e6", "defense.sigma=0",
+        "pretrain.epochs=1", "defense=[clipping,gaussian]", "defense.clipping.max_norm=1e6", "defense.gaussian.sigma=0",
         "defense.utility=true", "defense.utility_epochs=1", "logger=none", "save_images=false",
         f"hydra.run.dir={run_dir}", tmp_path=tmp_path,
     )  # fmt: skip

@@ -6,17 +6,18 @@ the squared Euclidean distance between their gradient and the shared one. No ima
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
-from rgap_bench.attacks.gradient_matching import GradientMatchingAttack
+from rgap_bench.attacks.gradient_matching import GradientMatchingAttack, MatchingOptions
+
+
+@dataclass
+class DLGOptions(MatchingOptions):
+    """DLG's published settings are the matching loop's defaults; only the name differs."""
+
+    name: str = "dlg"
 
 
 class DLG(GradientMatchingAttack):
-    """The shared matching loop with this attack's published settings as defaults (the YAML repeats them)."""
-
-    DEFAULTS: ClassVar[dict[str, Any]] = dict(
-        name="dlg", distance="euclidean", optimizer="lbfgs", lr=1.0, max_iterations=1000, labels="optimise"
-    )
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**{**self.DEFAULTS, **settings})
+    Options: ClassVar[type[MatchingOptions]] = DLGOptions

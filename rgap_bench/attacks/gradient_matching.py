@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from rgap_bench.attacks.labels import infer_labels
 from rgap_bench.attacks.matching import (
     DISTANCES,
+    DTYPES,
     LoopResult,
     LoopSettings,
     MatchingTarget,
@@ -25,6 +27,7 @@ from rgap_bench.attacks.matching import (
     total_variation,
 )
 from rgap_bench.errors import ConfigError
+from rgap_bench.options import build_options
 from rgap_bench.types import ClientUpdate, Reconstruction
 
 log = logging.getLogger(__name__)
@@ -51,55 +54,68 @@ class Candidate:
     restart: int
 
 
+@dataclass
+class MatchingOptions:
+    """The matching loop's options: the single home of their defaults, which are DLG's (the common case).
+
+    DLG, iDLG and Inverting Gradients subclass this with the settings their papers change; H-GAP nests one.
+    """
+
+    name: str = "matching"
+    distance: str = "euclidean"  # euclidean (relative squared distance) | cosine
+    optimizer: str = "lbfgs"  # lbfgs | adam
+    lr: float = 1.0
+    max_iterations: int = 1000  # budget in gradient evaluations, per restart and label hypothesis
+    schedule: str = "none"  # none | step (lr x0.1 at 3/8, 5/8, 7/8 of the budget; adam only)
+    tolerance: float = 1e-10  # early stop once the gradient distance is at or below this
+    tv_weight: float = 0.0  # total-variation prior weight
+    signed: bool = False  # adam on the sign of the input gradient
+    restarts: int = 1  # random restarts; the best gradient match is kept
+    box: bool = False  # project the inputs onto [0, 1] after every step
+    labels: str = "optimise"  # when not shared: optimise (soft label, DLG) | infer (analytic, iDLG)
+    init: str = "uniform"  # uniform [0, 1) | normal
+    seed: int = 0  # the attack's own generator: same seed, same reconstruction
+    dtype: str = "float32"  # float32 | float64
+    progress: bool = True  # rich progress bar (only on a terminal)
+
+    def __post_init__(self) -> None:
+        if self.distance not in DISTANCES:
+            raise ConfigError(f"{self.name}: distance must be one of {sorted(DISTANCES)}, got {self.distance!r}")
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(f"{self.name}: labels must be one of {LABEL_MODES}, got {self.labels!r}")
+        if self.init not in INITS:
+            raise ConfigError(f"{self.name}: init must be one of {INITS}, got {self.init!r}")
+        if self.restarts < 1:
+            raise ConfigError(f"{self.name}: restarts must be >= 1, got {self.restarts}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"{self.name}: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+
 class GradientMatchingAttack:
     """Find inputs whose gradient matches the shared one; `__call__(model, update)` sees nothing else."""
 
     update_kinds: tuple[str, ...] = ("gradient",)  # FedSGD gradients (the runner converts FedAvg deltas)
+    Options: ClassVar[type[MatchingOptions]] = MatchingOptions
 
-    def __init__(
-        self,
-        name: str = "matching",
-        distance: str = "euclidean",
-        optimizer: str = "lbfgs",
-        lr: float = 1.0,
-        max_iterations: int = 300,
-        schedule: str = "none",
-        tolerance: float = 0.0,
-        tv_weight: float = 0.0,
-        signed: bool = False,
-        restarts: int = 1,
-        box: bool = False,
-        labels: str = "optimise",
-        init: str = "uniform",
-        seed: int = 0,
-        dtype: str = "float32",
-        progress: bool = True,
-    ) -> None:
-        if distance not in DISTANCES:
-            raise ConfigError(f"attack.distance must be one of {sorted(DISTANCES)}, got {distance!r}")
-        if labels not in LABEL_MODES:
-            raise ConfigError(f"attack.labels must be one of {LABEL_MODES}, got {labels!r}")
-        if init not in INITS:
-            raise ConfigError(f"attack.init must be one of {INITS}, got {init!r}")
-        if restarts < 1:
-            raise ConfigError(f"attack.restarts must be >= 1, got {restarts}")
-        self.name = name
-        self.distance = distance
-        self.tv_weight = tv_weight
-        self.restarts = restarts
-        self.label_mode = labels
-        self.init = init
-        self.seed = seed
-        self.dtype = dtype
+    def __init__(self, options: MatchingOptions | None = None, /, **overrides: Any) -> None:
+        self.options = opts = build_options(self.Options, options, overrides)
+        self.name = opts.name
+        self.distance = opts.distance
+        self.tv_weight = opts.tv_weight
+        self.restarts = opts.restarts
+        self.label_mode = opts.labels
+        self.init = opts.init
+        self.seed = opts.seed
+        self.dtype = opts.dtype
         self.settings = LoopSettings(
-            optimizer=optimizer,
-            lr=lr,
-            max_iterations=max_iterations,
-            schedule=schedule,
-            tolerance=tolerance,
-            signed=signed,
-            box=(0.0, 1.0) if box else None,
-            progress=progress,
+            optimizer=opts.optimizer,
+            lr=opts.lr,
+            max_iterations=opts.max_iterations,
+            schedule=opts.schedule,
+            tolerance=opts.tolerance,
+            signed=opts.signed,
+            box=(0.0, 1.0) if opts.box else None,
+            progress=opts.progress,
         )
 
     # ------------------------------------------------------------------------------------------------ public

@@ -12,16 +12,49 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
-from rgap_bench.attacks.gradient_matching import GradientMatchingAttack
+from rgap_bench.attacks.gradient_matching import GradientMatchingAttack, MatchingOptions
 from rgap_bench.attacks.matching import MatchingTarget
 from rgap_bench.attacks.rgap import RGAP
-from rgap_bench.errors import UnsupportedModelError
+from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.errors import ConfigError, UnsupportedModelError
+from rgap_bench.options import build_options
 from rgap_bench.types import ClientUpdate, Reconstruction
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class HGAPMatchingOptions(MatchingOptions):
+    """H-GAP's matching stage: inputs boxed to [0, 1] and labels inferred; its restarts are set by
+    `HGAPOptions.random_restarts` (one run from the R-GAP solution plus that many from random inputs)."""
+
+    name: str = "hgap/matching"
+    box: bool = True
+    labels: str = "infer"
+
+
+@dataclass
+class HGAPOptions:
+    """An R-GAP node and a matching node (`attack.rgap.*`, `attack.matching.*`): every option of both is reachable."""
+
+    name: str = "hgap"
+    rgap: RGAPOptions = field(default_factory=RGAPOptions)
+    matching: HGAPMatchingOptions = field(default_factory=HGAPMatchingOptions)
+    random_restarts: int = 1  # extra matching runs from random inputs next to the one from R-GAP
+
+    def __post_init__(self) -> None:
+        if self.random_restarts < 0:
+            raise ConfigError(f"attack.random_restarts must be >= 0, got {self.random_restarts}")
+        if self.matching.restarts != 1:
+            raise ConfigError(
+                "attack.matching.restarts is not used by H-GAP: set attack.random_restarts (matching runs from random "
+                "inputs next to the one from the R-GAP solution)"
+            )
 
 
 class HGAP:
@@ -29,39 +62,13 @@ class HGAP:
 
     update_kinds: tuple[str, ...] = ("gradient",)
 
-    def __init__(
-        self,
-        name: str = "hgap",
-        dtype: str = "float64",
-        rank: str = "auto",
-        rank_max_unknowns: int = 6000,
-        null_max_unknowns: int = 16000,
-        distance: str = "euclidean",
-        optimizer: str = "lbfgs",
-        lr: float = 1.0,
-        max_iterations: int = 1000,
-        schedule: str = "none",
-        tolerance: float = 1e-10,
-        tv_weight: float = 0.0,
-        signed: bool = False,
-        box: bool = True,
-        random_restarts: int = 1,
-        labels: str = "infer",
-        seed: int = 0,
-        matching_dtype: str = "float32",
-        progress: bool = True,
-    ) -> None:
-        self.name = name
-        self.dtype = dtype
-        self.rgap = RGAP(
-            dtype=dtype, rank=rank, rank_max_unknowns=rank_max_unknowns, null_max_unknowns=null_max_unknowns
-        )
-        self.box = box
-        self.matcher = GradientMatchingAttack(
-            name=f"{name}/matching", distance=distance, optimizer=optimizer, lr=lr, max_iterations=max_iterations,
-            schedule=schedule, tolerance=tolerance, tv_weight=tv_weight, signed=signed, restarts=1 + random_restarts,
-            box=box, labels=labels, seed=seed, dtype=matching_dtype, progress=progress,
-        )  # fmt: skip
+    def __init__(self, options: HGAPOptions | None = None, /, **overrides: Any) -> None:
+        self.options = opts = build_options(HGAPOptions, options, overrides)
+        self.name = opts.name
+        self.dtype = opts.rgap.dtype
+        self.rgap = RGAP(opts.rgap)
+        self.box = opts.matching.box
+        self.matcher = GradientMatchingAttack(dataclasses.replace(opts.matching, restarts=1 + opts.random_restarts))
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
         try:

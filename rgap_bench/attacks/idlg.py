@@ -7,17 +7,19 @@ match wins), then only the inputs are optimised as in DLG.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
-from rgap_bench.attacks.gradient_matching import GradientMatchingAttack
+from rgap_bench.attacks.gradient_matching import GradientMatchingAttack, MatchingOptions
+
+
+@dataclass
+class IDLGOptions(MatchingOptions):
+    """DLG's settings with analytic labels."""
+
+    name: str = "idlg"
+    labels: str = "infer"
 
 
 class IDLG(GradientMatchingAttack):
-    """The shared matching loop with this attack's published settings as defaults (the YAML repeats them)."""
-
-    DEFAULTS: ClassVar[dict[str, Any]] = dict(
-        name="idlg", distance="euclidean", optimizer="lbfgs", lr=1.0, max_iterations=1000, labels="infer"
-    )
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**{**self.DEFAULTS, **settings})
+    Options: ClassVar[type[MatchingOptions]] = IDLGOptions

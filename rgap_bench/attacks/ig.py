@@ -8,28 +8,29 @@ recovered analytically as in iDLG when not shared.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
-from rgap_bench.attacks.gradient_matching import GradientMatchingAttack
+from rgap_bench.attacks.gradient_matching import GradientMatchingAttack, MatchingOptions
+
+
+@dataclass
+class IGOptions(MatchingOptions):
+    """The paper's settings, where they differ from the matching loop's defaults."""
+
+    name: str = "ig"
+    distance: str = "cosine"
+    optimizer: str = "adam"
+    lr: float = 0.1
+    max_iterations: int = 2000
+    schedule: str = "step"
+    tolerance: float = 1e-8
+    tv_weight: float = 1e-4
+    signed: bool = True
+    restarts: int = 2
+    box: bool = True
+    labels: str = "infer"
 
 
 class InvertingGradients(GradientMatchingAttack):
-    """The shared matching loop with this attack's published settings as defaults (the YAML repeats them)."""
-
-    DEFAULTS: ClassVar[dict[str, Any]] = dict(
-        name="ig",
-        distance="cosine",
-        optimizer="adam",
-        lr=0.1,
-        max_iterations=2000,
-        schedule="step",
-        tolerance=1e-8,
-        tv_weight=1e-4,
-        signed=True,
-        restarts=2,
-        box=True,
-        labels="infer",
-    )
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**{**self.DEFAULTS, **settings})
+    Options: ClassVar[type[MatchingOptions]] = IGOptions

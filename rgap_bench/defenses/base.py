@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from rgap_bench.options import build_options
 from rgap_bench.types import ClientContext, ClientUpdate, UpdateMetadata
 
 
@@ -29,10 +30,18 @@ def relative_distortion(before: dict[str, Tensor], after: dict[str, Tensor]) -> 
 
 
 class Defense(ABC):
-    """A transform of an update with a seeded generator and a report of its parameters and cost."""
+    """A transform of an update with a seeded generator and a report of its parameters and cost.
 
-    def __init__(self, name: str, seed: int = 0) -> None:
-        self.name = name
+    Each defence declares its options dataclass (`Options`, the schema of its config node `defense.<name>` and the
+    one home of its defaults); `seed` and `name` are the pipeline's, not the defence's.
+    """
+
+    Options: ClassVar[type]
+    default_name: ClassVar[str]
+
+    def __init__(self, options: Any = None, /, *, seed: int = 0, name: str | None = None, **overrides: Any) -> None:
+        self.options = build_options(self.Options, options, overrides)
+        self.name = name or self.default_name
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.calls = 0
@@ -44,7 +53,7 @@ class Defense(ABC):
 
     def params(self) -> dict[str, Any]:
         """The defence's parameters, as they go into the metrics."""
-        return {}
+        return dataclasses.asdict(self.options)
 
     def __call__(self, update: ClientUpdate, context: ClientContext | None = None) -> ClientUpdate:
         self._last = {}

@@ -3,7 +3,7 @@ as in DP-FedAvg; no noise)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -12,18 +12,21 @@ from rgap_bench.errors import ConfigError
 from rgap_bench.types import ClientContext, UpdateMetadata
 
 
-class Clipping(Defense):
-    def __init__(self, max_norm: float, seed: int = 0, name: str = "clipping") -> None:
-        if max_norm <= 0:
-            raise ConfigError(f"defense.max_norm must be > 0, got {max_norm}")
-        super().__init__(name, seed)
-        self.max_norm = float(max_norm)
+@dataclass
+class ClippingOptions:
+    max_norm: float = 1.0  # L2 norm bound of the whole update
 
-    def params(self) -> dict[str, Any]:
-        return {"max_norm": self.max_norm}
+    def __post_init__(self) -> None:
+        if self.max_norm <= 0:
+            raise ConfigError(f"defense.clipping.max_norm must be > 0, got {self.max_norm}")
+
+
+class Clipping(Defense):
+    Options = ClippingOptions
+    default_name = "clipping"
 
     def transform(self, tensors: dict[str, Tensor], metadata: UpdateMetadata, context: ClientContext | None) -> dict:
         norm = update_norm(tensors)
-        scale = min(1.0, self.max_norm / norm) if norm > 0 else 1.0
+        scale = min(1.0, self.options.max_norm / norm) if norm > 0 else 1.0
         self._last.update(norm_before=norm, clipped=scale < 1.0)
         return {n: t * scale for n, t in tensors.items()}

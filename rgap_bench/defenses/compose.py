@@ -1,27 +1,36 @@
-"""Ordered composition of defences, and the one builder every `conf/defense/*.yaml` option points at.
+"""Ordered composition of defences, and the one builder the `defense` config node points at.
 
-Hydra merges the options of a group selected as a list (`defense=[clipping,gaussian]`), so every option shares one
-flat schema (`DefenseConfig`) and one `_target_` (`build_defense`): an option contributes its parameters at the top
-level (`defense.sigma`, `defense.ratio`, ...) and one entry `steps.<name>: <class path>`. Merging keeps the
-selection order, so `steps` lists the defences in the order they are applied. Adding a defence is one module, one
-YAML file and its parameters in the schema.
+Each defence has its own parameter node, `defense.<name>.*`, validated by that defence's options dataclass; the
+run-level settings (`seed`, `utility`, ...) stay at `defense.*` (`DefenseSettings`). Hydra merges the options of a
+group selected as a list (`defense=[clipping,gaussian]`) in the selection order, so the nodes arrive in the order
+the defences are applied. Adding a defence is one module, one YAML file and its class in `config.DEFENSES`.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from hydra.utils import get_class
 
 from rgap_bench.defenses.base import Defense, relative_distortion
 from rgap_bench.errors import ConfigError
+from rgap_bench.options import build_options
 from rgap_bench.types import ClientContext, ClientUpdate
 
-# Keys of the defence config that configure the run around the defence, not a step.
-RUN_KEYS = ("name", "seed", "utility", "utility_epochs", "utility_lr", "utility_batch_size", "utility_test_fraction")
+
+@dataclass
+class DefenseSettings:
+    """The run-level settings of the defence node: the pipeline's seed and the optional utility run."""
+
+    seed: int = 0  # noise seed (step i uses seed + i)
+    utility: bool = False  # also train with the defence for a few epochs and report test accuracy
+    utility_epochs: int = 3
+    utility_lr: float = 0.05
+    utility_batch_size: int = 8
+    utility_test_fraction: float = 0.2  # held-out share of the data plugin's dataset
 
 
 class DefensePipeline:
@@ -54,27 +63,28 @@ class DefensePipeline:
         return report
 
 
-def build_defense(steps: Mapping[str, str], seed: int = 0, **params: Any) -> DefensePipeline:
-    """Instantiate each step's class with the top-level parameters its constructor names.
+def build_defense(**config: Any) -> DefensePipeline:
+    """The pipeline of the defences whose nodes `config` holds, in their order, each with its own seed + position.
 
-    A parameter that is set (not None) but taken by no selected step is refused: `defense=gaussian defense.ratio=0.5`
-    is a mistake, not a silent no-op. Each step gets its own seed (seed + position), so their noise is independent.
+    A node is a selected defence only if it carries the `_target_` its YAML option gives it: a parameter set for a
+    defence that is not selected (`defense=gaussian defense.pruning.ratio=0.5`), or a misspelt or old flat setting
+    (`defense.sigma`), is refused rather than silently ignored.
     """
-    name = params.pop("name", None)
-    for key in RUN_KEYS:
-        params.pop(key, None)
-    used: set[str] = set()
-    defenses = []
-    for i, (step, target) in enumerate(steps.items()):
-        cls = get_class(target)
-        accepted = set(inspect.signature(cls).parameters) - {"seed", "name"}
-        kwargs = {k: v for k, v in params.items() if k in accepted and v is not None}
-        used |= kwargs.keys()
-        defenses.append(cls(**kwargs, seed=seed + i, name=step))
-    unused = sorted(k for k, v in params.items() if v is not None and k not in used)
-    if unused:
+    config = {k: v for k, v in config.items() if k not in ("_target_", "_recursive_")}
+    run_keys = [f.name for f in fields(DefenseSettings)]
+    settings = build_options(DefenseSettings, {k: v for k, v in config.items() if k in run_keys})
+    steps = {k: v for k, v in config.items() if k not in run_keys}
+    selected = [k for k, v in steps.items() if isinstance(v, Mapping) and "_target_" in v]
+    stray = [k for k in steps if k not in selected]
+    if stray:
         raise ConfigError(
-            f"defense parameters {unused} belong to no selected defence ({', '.join(steps) or 'none'}); "
-            "select it, e.g. defense=[clipping,gaussian]"
+            f"defense.{stray[0]} is neither a run setting ({', '.join(run_keys)}) nor a selected defence "
+            f"({', '.join(selected) or 'none'}); a defence's parameters live at defense.<name>.<parameter> and need "
+            "the defence selected, e.g. defense=[clipping,gaussian] defense.gaussian.sigma=1e-3"
         )
-    return DefensePipeline(defenses, name=name if len(defenses) <= 1 and name else None)
+    defenses = []
+    for i, name in enumerate(selected):
+        node = dict(steps[name])
+        cls = get_class(node.pop("_target_"))
+        defenses.append(cls(node, seed=settings.seed + i, name=name))
+    return DefensePipeline(defenses)

@@ -9,6 +9,7 @@ Opacus's RDP accountant for the sampled Gaussian mechanism, with sampling rate b
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,28 +48,36 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     return float(accountant.get_epsilon(delta=delta))
 
 
-class DPSGD(Defense):
-    def __init__(
-        self,
-        clip_norm: float,
-        noise_multiplier: float,
-        delta: float = 1e-5,
-        sample_rate: float | None = None,
-        seed: int = 0,
-        name: str = "dpsgd",
-    ) -> None:
-        if clip_norm <= 0 or noise_multiplier < 0:
+@dataclass
+class DPSGDOptions:
+    clip_norm: float = 1.0  # per-example L2 clipping norm C
+    noise_multiplier: float = 1.0  # noise std / C
+    delta: float = 1e-5  # delta of the reported (epsilon, delta)
+    sample_rate: float | None = None  # null = batch size / local dataset size
+
+    def __post_init__(self) -> None:
+        if self.clip_norm <= 0 or self.noise_multiplier < 0:
             raise ConfigError(
-                f"dpsgd needs clip_norm > 0 and noise_multiplier >= 0, got {clip_norm}, {noise_multiplier}"
+                "defense.dpsgd needs clip_norm > 0 and noise_multiplier >= 0, "
+                f"got {self.clip_norm}, {self.noise_multiplier}"
             )
-        if not 0 < delta < 1 or (sample_rate is not None and not 0 < sample_rate <= 1):
-            raise ConfigError(f"dpsgd needs 0 < delta < 1 and 0 < sample_rate <= 1, got {delta}, {sample_rate}")
-        super().__init__(name, seed)
-        self.clip_norm = float(clip_norm)
-        self.noise_multiplier = float(noise_multiplier)
-        self.delta = float(delta)
-        self.sample_rate = sample_rate
-        self._rate: float | None = sample_rate
+        if not 0 < self.delta < 1 or (self.sample_rate is not None and not 0 < self.sample_rate <= 1):
+            raise ConfigError(
+                f"defense.dpsgd needs 0 < delta < 1 and 0 < sample_rate <= 1, got {self.delta}, {self.sample_rate}"
+            )
+
+
+class DPSGD(Defense):
+    Options = DPSGDOptions
+    default_name = "dpsgd"
+
+    def __init__(self, options: DPSGDOptions | None = None, /, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self.clip_norm = float(self.options.clip_norm)
+        self.noise_multiplier = float(self.options.noise_multiplier)
+        self.delta = float(self.options.delta)
+        self.sample_rate = self.options.sample_rate
+        self._rate: float | None = self.sample_rate
 
     def params(self) -> dict[str, Any]:
         return {"clip_norm": self.clip_norm, "noise_multiplier": self.noise_multiplier, "delta": self.delta}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -11,17 +11,21 @@ from rgap_bench.errors import ConfigError
 from rgap_bench.types import ClientContext, UpdateMetadata
 
 
-class GaussianNoise(Defense):
-    def __init__(self, sigma: float, seed: int = 0, name: str = "gaussian") -> None:
-        if sigma < 0:
-            raise ConfigError(f"defense.sigma must be >= 0, got {sigma}")
-        super().__init__(name, seed)
-        self.sigma = float(sigma)
+@dataclass
+class GaussianOptions:
+    sigma: float = 1e-3  # noise std
 
-    def params(self) -> dict[str, Any]:
-        return {"sigma": self.sigma}
+    def __post_init__(self) -> None:
+        if self.sigma < 0:
+            raise ConfigError(f"defense.gaussian.sigma must be >= 0, got {self.sigma}")
+
+
+class GaussianNoise(Defense):
+    Options = GaussianOptions
+    default_name = "gaussian"
 
     def transform(self, tensors: dict[str, Tensor], metadata: UpdateMetadata, context: ClientContext | None) -> dict:
-        if self.sigma == 0:
+        sigma = self.options.sigma
+        if sigma == 0:
             return dict(tensors)
-        return {n: t + self.sigma * self.randn_like(t) for n, t in tensors.items()}
+        return {n: t + sigma * self.randn_like(t) for n, t in tensors.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -12,22 +12,25 @@ from rgap_bench.errors import ConfigError
 from rgap_bench.types import ClientContext, UpdateMetadata
 
 
-class LaplaceNoise(Defense):
-    def __init__(self, scale: float, seed: int = 0, name: str = "laplace") -> None:
-        if scale < 0:
-            raise ConfigError(f"defense.scale must be >= 0, got {scale}")
-        super().__init__(name, seed)
-        self.scale = float(scale)
+@dataclass
+class LaplaceOptions:
+    scale: float = 1e-3  # scale b (std sqrt(2) b)
 
-    def params(self) -> dict[str, Any]:
-        return {"scale": self.scale}
+    def __post_init__(self) -> None:
+        if self.scale < 0:
+            raise ConfigError(f"defense.laplace.scale must be >= 0, got {self.scale}")
+
+
+class LaplaceNoise(Defense):
+    Options = LaplaceOptions
+    default_name = "laplace"
 
     def laplace_like(self, t: Tensor) -> Tensor:
         """Inverse-CDF sampling, so the draw comes from this defence's own generator."""
         u = self.rand_like(t.double()) - 0.5
-        return (-self.scale * torch.sign(u) * torch.log1p(-2 * u.abs())).to(t.dtype)
+        return (-self.options.scale * torch.sign(u) * torch.log1p(-2 * u.abs())).to(t.dtype)
 
     def transform(self, tensors: dict[str, Tensor], metadata: UpdateMetadata, context: ClientContext | None) -> dict:
-        if self.scale == 0:
+        if self.options.scale == 0:
             return dict(tensors)
         return {n: t + self.laplace_like(t) for n, t in tensors.items()}

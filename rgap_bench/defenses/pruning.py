@@ -3,7 +3,7 @@ gradient pruning; also top-k sparsification with k = (1 - ratio) n)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -23,18 +23,21 @@ def prune_smallest(t: Tensor, ratio: float) -> Tensor:
     return flat.index_fill(0, drop, 0.0).view_as(t)
 
 
-class Pruning(Defense):
-    def __init__(self, ratio: float, seed: int = 0, name: str = "pruning") -> None:
-        if not 0 <= ratio <= 1:
-            raise ConfigError(f"defense.ratio must be in [0, 1], got {ratio}")
-        super().__init__(name, seed)
-        self.ratio = float(ratio)
+@dataclass
+class PruningOptions:
+    ratio: float = 0.9  # fraction of smallest-magnitude entries zeroed per tensor
 
-    def params(self) -> dict[str, Any]:
-        return {"ratio": self.ratio}
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio <= 1:
+            raise ConfigError(f"defense.pruning.ratio must be in [0, 1], got {self.ratio}")
+
+
+class Pruning(Defense):
+    Options = PruningOptions
+    default_name = "pruning"
 
     def transform(self, tensors: dict[str, Tensor], metadata: UpdateMetadata, context: ClientContext | None) -> dict:
-        out = {n: prune_smallest(t, self.ratio) for n, t in tensors.items()}
+        out = {n: prune_smallest(t, self.options.ratio) for n, t in tensors.items()}
         total = sum(t.numel() for t in out.values())
         self._last["sparsity"] = sum(int((t == 0).sum()) for t in out.values()) / total
         return out

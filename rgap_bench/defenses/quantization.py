@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -20,15 +20,18 @@ def quantize(t: Tensor, bits: int) -> Tensor:
     return lo + ((t - lo) / step).round().clamp(0, 2**bits - 1) * step
 
 
-class Quantization(Defense):
-    def __init__(self, bits: int, seed: int = 0, name: str = "quantization") -> None:
-        if not 1 <= bits <= 32:
-            raise ConfigError(f"defense.bits must be between 1 and 32, got {bits}")
-        super().__init__(name, seed)
-        self.bits = int(bits)
+@dataclass
+class QuantizationOptions:
+    bits: int = 8  # 2^bits levels per tensor
 
-    def params(self) -> dict[str, Any]:
-        return {"bits": self.bits}
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 32:
+            raise ConfigError(f"defense.quantization.bits must be between 1 and 32, got {self.bits}")
+
+
+class Quantization(Defense):
+    Options = QuantizationOptions
+    default_name = "quantization"
 
     def transform(self, tensors: dict[str, Tensor], metadata: UpdateMetadata, context: ClientContext | None) -> dict:
-        return {n: quantize(t, self.bits) for n, t in tensors.items()}
+        return {n: quantize(t, self.options.bits) for n, t in tensors.items()}

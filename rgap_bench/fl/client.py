@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from rgap_bench.errors import ConfigError
 from rgap_bench.losses import make_loss
+from rgap_bench.options import build_options
 from rgap_bench.types import ClientUpdate, PrivateBatch, UpdateMetadata
 
 LABEL_POLICIES = ("flip_prediction", "true")
+
+
+@dataclass
+class FedSGDOptions:
+    """The FedSGD client's options: the single home of their defaults (the `client=fedsgd` schema subclasses it)."""
+
+    name: str = "fedsgd"
+    loss: str = "binary_logistic"  # binary_logistic | cross_entropy
+    reduction: str = "mean"  # mean | sum
+    label_policy: str = "flip_prediction"  # flip_prediction | true
+    share_labels: bool = True  # the paper's threat model: the attacker knows the label
+
+    def __post_init__(self) -> None:
+        if self.label_policy not in LABEL_POLICIES:
+            raise ConfigError(f"client.label_policy must be one of {LABEL_POLICIES}, got {self.label_policy!r}")
+        if self.reduction not in ("mean", "sum"):
+            raise ConfigError(f"client.reduction must be mean or sum, got {self.reduction!r}")
 
 
 class FedSGDClient(L.LightningModule):
@@ -21,24 +42,15 @@ class FedSGDClient(L.LightningModule):
     binary label.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        name: str = "fedsgd",
-        loss: str = "binary_logistic",
-        reduction: str = "mean",
-        label_policy: str = "flip_prediction",
-        share_labels: bool = True,
-    ) -> None:
+    Options: ClassVar[type[FedSGDOptions]] = FedSGDOptions
+
+    def __init__(self, model: nn.Module, options: FedSGDOptions | None = None, **overrides: Any) -> None:
         super().__init__()
-        if label_policy not in LABEL_POLICIES:
-            raise ConfigError(f"client.label_policy must be one of {LABEL_POLICIES}, got {label_policy!r}")
-        if reduction not in ("mean", "sum"):
-            raise ConfigError(f"client.reduction must be mean or sum, got {reduction!r}")
+        self.options = opts = build_options(self.Options, options, overrides)
         self.model = model
-        self.loss = make_loss(loss, reduction)
-        self.label_policy = label_policy
-        self.share_labels = share_labels
+        self.loss = make_loss(opts.loss, opts.reduction)
+        self.label_policy = opts.label_policy
+        self.share_labels = opts.share_labels
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)

@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from rgap_bench.errors import ConfigError
-from rgap_bench.fl.client import FedSGDClient
+from rgap_bench.fl.client import FedSGDClient, FedSGDOptions
 from rgap_bench.fl.training import SupervisedModule, fit
 from rgap_bench.types import ClientUpdate, PrivateBatch, UpdateMetadata
+
+
+@dataclass
+class FedAvgOptions(FedSGDOptions):
+    """FedAvg's local training on top of the FedSGD client's options (`client=fedavg` schema)."""
+
+    name: str = "fedavg"
+    local_steps: int | None = 1  # S plain-SGD steps; null = local_epochs passes over the client's data
+    local_epochs: int = 1  # E, used when local_steps is null
+    lr: float = 0.1  # eta
+    batch_size: int | None = None  # local mini-batch; null = all of the client's samples in one batch
+    seed: int = 0  # shuffling of the local data
+    precision: str = "32-true"  # Lightning precision of local training; "64-true" removes float32 rounding
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.local_steps is not None and self.local_steps < 1) or self.local_epochs < 1:
+            raise ConfigError(
+                f"client.local_steps and local_epochs must be >= 1, got {self.local_steps}, {self.local_epochs}"
+            )
+        if self.lr <= 0 or (self.batch_size is not None and self.batch_size < 1):
+            raise ConfigError(f"client.lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
 
 
 class FedAvgClient(FedSGDClient):
@@ -24,32 +48,17 @@ class FedAvgClient(FedSGDClient):
     trains in float64 and removes that (the delta is sent in the model's dtype either way).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        name: str = "fedavg",
-        loss: str = "binary_logistic",
-        reduction: str = "mean",
-        label_policy: str = "flip_prediction",
-        share_labels: bool = True,
-        local_steps: int | None = 1,
-        local_epochs: int = 1,
-        lr: float = 0.1,
-        batch_size: int | None = None,
-        seed: int = 0,
-        precision: str = "32-true",
-    ) -> None:
-        super().__init__(model, name, loss, reduction, label_policy, share_labels)
-        if (local_steps is not None and local_steps < 1) or local_epochs < 1:
-            raise ConfigError(f"client.local_steps and local_epochs must be >= 1, got {local_steps}, {local_epochs}")
-        if lr <= 0 or (batch_size is not None and batch_size < 1):
-            raise ConfigError(f"client.lr must be > 0 and batch_size >= 1, got {lr}, {batch_size}")
-        self.local_steps = local_steps
-        self.local_epochs = local_epochs
-        self.lr = lr
-        self.local_batch_size = batch_size
-        self.seed = seed
-        self.precision = precision
+    Options = FedAvgOptions
+
+    def __init__(self, model: nn.Module, options: FedAvgOptions | None = None, **overrides: Any) -> None:
+        super().__init__(model, options, **overrides)
+        opts = self.options
+        self.local_steps = opts.local_steps
+        self.local_epochs = opts.local_epochs
+        self.lr = opts.lr
+        self.local_batch_size = opts.batch_size
+        self.seed = opts.seed
+        self.precision = opts.precision
 
     def compute_update(self, batch: PrivateBatch, targets: Tensor | None = None) -> ClientUpdate:
         """The weight delta after local training; the global model itself is left untouched."""

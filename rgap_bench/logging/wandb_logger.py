@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rgap_bench.logging.base import RunLogger, Scalar
+from rgap_bench.options import build_options
+
+
+@dataclass
+class WandbOptions:
+    """The W&B logger's options: the single home of their defaults (the `logger=wandb` schema subclasses it)."""
+
+    name: str = "wandb"
+    project: str = "rgap_bench"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled; the WANDB_MODE environment variable wins
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 class WandbRunLogger(RunLogger):
@@ -19,21 +32,14 @@ class WandbRunLogger(RunLogger):
     run.
     """
 
-    def __init__(
-        self,
-        name: str,
-        project: str,
-        entity: str | None = None,
-        mode: str = "offline",
-        group: str | None = None,
-        tags: Sequence[str] = (),
-    ) -> None:
-        super().__init__(name)
-        self.project = project
-        self.entity = entity
-        self.mode = mode
-        self.group = group
-        self.tags = [str(t) for t in tags]
+    def __init__(self, options: WandbOptions | None = None, /, **overrides: Any) -> None:
+        self.options = opts = build_options(WandbOptions, options, overrides)
+        super().__init__(opts.name)
+        self.project = opts.project
+        self.entity = opts.entity
+        self.mode = opts.mode
+        self.group = opts.group
+        self.tags = [str(t) for t in opts.tags]
         self._run: Any = None
 
     @property

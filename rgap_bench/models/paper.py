@@ -6,7 +6,11 @@ fewer outputs than inputs, the rank-deficient layer the paper uses to show how a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from rgap_bench.models.layers import LayerSpec, SequentialNet, build_from_specs
+from rgap_bench.options import build_options
 
 
 def _cnn6_specs(conv2_channels: int, slope: float) -> list[LayerSpec]:
@@ -22,19 +26,43 @@ def _cnn6_specs(conv2_channels: int, slope: float) -> list[LayerSpec]:
     return [*specs, LayerSpec("linear", 1, activation="identity")]
 
 
-def cnn6(name: str = "cnn6", in_channels: int = 3, image_size: int = 32, negative_slope: float = 0.2) -> SequentialNet:
+@dataclass
+class PaperModelOptions:
+    """cnn6's input shape and activation slope: the single home of the paper models' defaults (`model=cnn6` etc.
+    take the shape from the data config)."""
+
+    name: str = "cnn6"
+    in_channels: int = 3
+    image_size: int = 32
+    negative_slope: float = 0.2
+
+
+@dataclass
+class CNN6dOptions(PaperModelOptions):
+    name: str = "cnn6d"
+
+
+@dataclass
+class FCN3Options(PaperModelOptions):
+    name: str = "fcn3"
+    in_channels: int = 1
+    image_size: int = 28
+
+
+def cnn6(options: PaperModelOptions | None = None, /, **overrides: Any) -> SequentialNet:
     """CNN6: six LeakyReLU convs and a single-logit linear head (CIFAR-10 in the paper)."""
-    return build_from_specs(name, (in_channels, image_size, image_size), _cnn6_specs(36, negative_slope))
+    o = build_options(PaperModelOptions, options, overrides)
+    return build_from_specs(o.name, (o.in_channels, o.image_size, o.image_size), _cnn6_specs(36, o.negative_slope))
 
 
-def cnn6d(
-    name: str = "cnn6d", in_channels: int = 3, image_size: int = 32, negative_slope: float = 0.2
-) -> SequentialNet:
+def cnn6d(options: CNN6dOptions | None = None, /, **overrides: Any) -> SequentialNet:
     """CNN6-d: CNN6 with a 20-channel conv2, which makes conv2's input under-determined."""
-    return build_from_specs(name, (in_channels, image_size, image_size), _cnn6_specs(20, negative_slope))
+    o = build_options(CNN6dOptions, options, overrides)
+    return build_from_specs(o.name, (o.in_channels, o.image_size, o.image_size), _cnn6_specs(20, o.negative_slope))
 
 
-def fcn3(name: str = "fcn3", in_channels: int = 1, image_size: int = 28, negative_slope: float = 0.2) -> SequentialNet:
+def fcn3(options: FCN3Options | None = None, /, **overrides: Any) -> SequentialNet:
     """FCN3: 784-1000-100-1 on MNIST in the paper; LeakyReLU after every layer, the output included."""
-    specs = [LayerSpec("linear", n, activation="leaky_relu", negative_slope=negative_slope) for n in (1000, 100, 1)]
-    return build_from_specs(name, (in_channels, image_size, image_size), specs)
+    o = build_options(FCN3Options, options, overrides)
+    specs = [LayerSpec("linear", n, activation="leaky_relu", negative_slope=o.negative_slope) for n in (1000, 100, 1)]
+    return build_from_specs(o.name, (o.in_channels, o.image_size, o.image_size), specs)

@@ -24,6 +24,8 @@ from rgap_bench.metrics import reconstruction_metrics
 from rgap_bench.models.layers import LayerSpec, build_from_specs
 from rgap_bench.types import ClientUpdate, PrivateBatch
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # toy models only
+
 FAST = {"max_iterations": 20, "progress": False}
 
 

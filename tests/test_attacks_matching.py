@@ -23,7 +23,8 @@ from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.metrics import reconstruction_metrics
 from rgap_bench.models.layers import LayerSpec, build_from_specs
 from rgap_bench.types import ClientUpdate, PrivateBatch
-from tests.conftest import make_update, photo_batch, psnr
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # toy models only
 
 FAST = {"max_iterations": 20, "progress": False}
 
@@ -53,7 +54,7 @@ def test_distances_are_zero_on_equal_gradients_and_scale_as_documented():
     assert float(euclidean_distance([2 * t for t in g], g)) == pytest.approx(1.0)
 
 
-def test_dlg_recovers_the_input_of_a_two_layer_linear_toy():
+def test_dlg_recovers_the_input_of_a_two_layer_linear_toy(make_update, photo_batch, psnr):
     model = linear_toy()
     batch = photo_batch(image_size=4, channels=1)
     update = make_update(model, batch)
@@ -62,7 +63,7 @@ def test_dlg_recovers_the_input_of_a_two_layer_linear_toy():
     assert rec.info["gradient_distance"] < 1e-10
 
 
-def test_dlg_with_unshared_labels_recovers_the_input_up_to_scale():
+def test_dlg_with_unshared_labels_recovers_the_input_up_to_scale(make_update, photo_batch):
     model = linear_toy(seed=1)
     batch = photo_batch(image_size=4, channels=1, index=3)
     update = make_update(model, batch, share_labels=False)
@@ -86,7 +87,7 @@ def test_idlg_recovers_cross_entropy_labels_on_a_ten_class_toy(bias):
         assert [t.tolist() for t in infer_labels(MatchingTarget.from_update(model, update))] == [[label]]
 
 
-def test_idlg_picks_the_binary_label_by_gradient_match():
+def test_idlg_picks_the_binary_label_by_gradient_match(photo_batch, psnr):
     model = linear_toy(seed=3)
     batch = photo_batch(image_size=4, channels=1, index=1)
     client = FedSGDClient(model, share_labels=False)
@@ -97,7 +98,7 @@ def test_idlg_picks_the_binary_label_by_gradient_match():
     assert len(rec.info["candidates"]) == 2 and psnr(rec.inputs, batch.inputs) >= 40
 
 
-def test_attacks_never_touch_the_private_batch(monkeypatch):
+def test_attacks_never_touch_the_private_batch(monkeypatch, make_update, photo_batch):
     for attack in all_attacks():
         assert list(inspect.signature(attack.__call__).parameters) == ["model", "update"]
     assert set(ClientUpdate.__dataclass_fields__) == {"tensors", "metadata"}
@@ -113,7 +114,7 @@ def test_attacks_never_touch_the_private_batch(monkeypatch):
         assert rec.inputs.shape == (1, 1, 4, 4)
 
 
-def test_same_seed_same_reconstruction_other_seed_other_start():
+def test_same_seed_same_reconstruction_other_seed_other_start(make_update, photo_batch):
     model = linear_toy()
     update = make_update(model, photo_batch(image_size=4, channels=1))
     torch.manual_seed(123)
@@ -124,7 +125,7 @@ def test_same_seed_same_reconstruction_other_seed_other_start():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_best_iterate_is_kept_not_the_last():
+def test_best_iterate_is_kept_not_the_last(make_update, photo_batch):
     model = linear_toy()
     update = make_update(model, photo_batch(image_size=4, channels=1))
     rec = DLG(max_iterations=40, lr=50.0, progress=False)(model, update)  # a step far too large: diverges
@@ -132,19 +133,23 @@ def test_best_iterate_is_kept_not_the_last():
     assert rec.info["gradient_distance"] <= min(trace) + 1e-12
 
 
-def test_ig_on_an_fcn_batch_of_four_is_scored_one_to_one():
+def test_ig_on_an_fcn_batch_of_four_is_scored_one_to_one_and_beats_the_batch_mean(make_update):
+    """Measured (seed 0): 22.2 dB after one-to-one matching, every image 19.0-25.0 dB. Without any attack, the batch
+    mean in every slot scores 18.2 dB, uniform gray 16.8 dB, uniform noise 8.9-12.0 dB (8 draws)."""
     torch.manual_seed(0)
     specs = [LayerSpec("linear", n, activation="leaky_relu") for n in (64, 1)]
-    model = build_from_specs("fcn", (1, 8, 8), specs)
-    batch = EmbeddedPhotos(name="photos", image_size=8, channels=1, batch_size=4, index=0).private_batch(0)
-    update = make_update(model, batch)
-    rec = InvertingGradients(max_iterations=200, restarts=1, progress=False)(model, update)
-    assert rec.inputs.shape == (4, 1, 8, 8) and not rec.combined
+    model = build_from_specs("fcn", (1, 4, 4), specs)
+    batch = EmbeddedPhotos(name="photos", image_size=4, channels=1, batch_size=4, index=0).private_batch(0)
+    rec = InvertingGradients(max_iterations=2000, restarts=1, progress=False)(model, make_update(model, batch))
+    assert rec.inputs.shape == (4, 1, 4, 4) and not rec.combined
     scores = reconstruction_metrics(rec.inputs, batch.inputs)
     assert sorted(scores["assignment"]) == [0, 1, 2, 3]
+    mean_image = batch.inputs.mean(dim=0, keepdim=True).expand_as(batch.inputs)
+    assert scores["psnr"] >= reconstruction_metrics(mean_image, batch.inputs)["psnr"] + 2
+    assert min(image["psnr"] for image in scores["per_image"]) >= 15
 
 
-def test_hgap_returns_rgap_when_determined_and_refines_when_deficient():
+def test_hgap_returns_rgap_when_determined_and_refines_when_deficient(make_update, photo_batch, psnr):
     determined = linear_toy()
     batch = photo_batch(image_size=4, channels=1)
     rec = HGAP(matching=FAST)(determined, make_update(determined, batch))
@@ -161,6 +166,7 @@ def test_hgap_returns_rgap_when_determined_and_refines_when_deficient():
     )  # both candidates are judged in float64
 
 
+@pytest.mark.slow
 def test_each_attack_runs_through_the_cli(tmp_path):
     """All four CLI runs at once (a Hydra multirun cannot override keys that the default attack lacks)."""
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}

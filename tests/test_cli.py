@@ -1,29 +1,33 @@
-"""The entry point as a user runs it: a subprocess, files in the run directory, clear failures."""
+"""The entry point as a user runs it: files in the run directory, clear failures; in-process and as a subprocess."""
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from hydra.utils import instantiate
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "rgap_bench", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from rgap_bench.__main__ import main
+from rgap_bench.rank import analyse_model
 
 
-def test_run_writes_metrics_layers_picture_and_offline_wandb(tmp_path):
+def test_entry_point_in_process_writes_metrics_with_the_counted_ranks(tmp_path, monkeypatch, compose_config):
+    """`python -m rgap_bench`'s main() in this process (the subprocess runs below are marked slow)."""
+    run_dir = tmp_path / "run"
+    argv = ["rgap_bench", "model=convnet", "data.image_size=8", "logger=none", "save_images=false"]
+    argv += [f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["psnr"] >= 60
+    assert (metrics["run"]["model"], metrics["run"]["image_size"]) == ("convnet", 8)
+    layers = json.loads((run_dir / "layers.json").read_text())["layers"]
+    model = instantiate(compose_config("model=convnet", "data.image_size=8").model)
+    counted = analyse_model(model, numeric=False).layers
+    assert [layer["rank_deficiency"] for layer in layers] == [row.predicted_deficiency for row in counted]
+
+
+@pytest.mark.slow
+def test_run_writes_metrics_layers_picture_and_offline_wandb(tmp_path, run_cli):
     run_dir = tmp_path / "run"
     proc = run_cli("model=convnet", "data.image_size=16", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -39,7 +43,8 @@ def test_run_writes_metrics_layers_picture_and_offline_wandb(tmp_path):
     assert "PSNR" in proc.stdout
 
 
-def test_missing_dataset_fails_with_one_clear_message(tmp_path):
+@pytest.mark.slow
+def test_missing_dataset_fails_with_one_clear_message(tmp_path, run_cli):
     run_dir = tmp_path / "run"
     proc = run_cli(
         "data=cifar10",
@@ -54,15 +59,17 @@ def test_missing_dataset_fails_with_one_clear_message(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unknown", ["attack.sovler=dense"])
-def test_unknown_key_is_refused_before_any_work(tmp_path, unknown):
+def test_unknown_key_is_refused_before_any_work(tmp_path, unknown, run_cli):
     proc = run_cli(unknown, "logger=none", f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path)
     assert proc.returncode != 0
     assert "sovler" in proc.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_one_failing_job_does_not_end_the_sweep(tmp_path):
+@pytest.mark.slow
+def test_one_failing_job_does_not_end_the_sweep(tmp_path, run_cli):
     sweep = tmp_path / "sweep"
     proc = run_cli(
         "-m", "data=cifar10,photos", "model=convnet", "data.image_size=16", "logger=none",

@@ -5,7 +5,6 @@ from rgap_bench.errors import ConfigError
 from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.losses import BinaryLogistic
 from rgap_bench.models import build_convnet
-from tests.conftest import photo_batch
 
 
 def _linear_model():
@@ -13,7 +12,7 @@ def _linear_model():
     return build_convnet([{"kind": "linear", "out": 1, "activation": "identity"}], in_channels=1, image_size=4)
 
 
-def test_gradient_equals_hand_computed_logistic_gradient():
+def test_gradient_equals_hand_computed_logistic_gradient(photo_batch):
     model = _linear_model()
     batch = photo_batch(image_size=4, channels=1, index=2)
     client = FedSGDClient(model, label_policy="true")
@@ -31,7 +30,7 @@ def test_gradient_equals_hand_computed_logistic_gradient():
     assert update.metadata.record() == record  # what client.json carries under "update"
 
 
-def test_flip_prediction_labels_are_the_opposite_of_the_prediction():
+def test_flip_prediction_labels_are_the_opposite_of_the_prediction(photo_batch):
     model = _linear_model()
     for index in range(8):
         batch = photo_batch(image_size=4, channels=1, index=index)
@@ -45,12 +44,12 @@ def test_flip_prediction_labels_are_the_opposite_of_the_prediction():
         assert c > 0  # a wrong prediction: the output scalar has a unique root
 
 
-def test_labels_withheld_when_not_shared():
+def test_labels_withheld_when_not_shared(photo_batch):
     client = FedSGDClient(_linear_model(), share_labels=False)
     assert client.compute_update(photo_batch(image_size=4, channels=1)).metadata.labels is None
 
 
-def test_cross_entropy_client_uses_class_labels():
+def test_cross_entropy_client_uses_class_labels(photo_batch):
     torch.manual_seed(0)
     model = build_convnet([{"kind": "linear", "out": 10, "activation": "identity"}], in_channels=1, image_size=4)
     batch = photo_batch(image_size=4, channels=1, index=5)

@@ -109,7 +109,11 @@ def test_hgap_reaches_every_rgap_and_matching_option(hydra_conf):
     cfg = compose(config_name="config", overrides=overrides)
     assert set(cfg.attack.rgap) == {f.name for f in dataclasses.fields(RGAPOptions)}
     attack = instantiate(cfg.attack)
-    assert (attack.rgap.options.rcond, attack.rgap.options.solver, attack.matcher.settings.max_iterations) == (1e-9, "dense", 50)
+    assert (attack.rgap.options.rcond, attack.rgap.options.solver, attack.matcher.settings.max_iterations) == (
+        1e-9,
+        "dense",
+        50,
+    )
     assert attack.matcher.settings.box == (0.0, 1.0) and attack.matcher.label_mode == "infer"
     assert attack.matcher.restarts == 1 + cfg.attack.random_restarts
     with pytest.raises(ConfigCompositionException, match="rcnod"):

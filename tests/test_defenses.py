@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from rgap_bench.defenses.clipping import Clipping
@@ -168,13 +168,8 @@ def test_dpsgd_refuses_weight_deltas_and_late_positions():
         DPSGD(clip_norm=1.0, noise_multiplier=1.0)(Pruning(ratio=0.5)(update), context)
 
 
-def _compose(*overrides: str):
-    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
-def test_defences_compose_in_the_order_selected():
-    cfg = _compose(
+def test_defences_compose_in_the_order_selected(compose_config):
+    cfg = compose_config(
         "defense=[clipping,gaussian,pruning]", "defense.clipping.max_norm=0.5", "defense.gaussian.sigma=0.01"
     )
     pipeline = instantiate(cfg.defense)
@@ -189,10 +184,15 @@ def test_defences_compose_in_the_order_selected():
     assert float((flat(out) != 0).double().mean()) == pytest.approx(0.1, abs=1e-3)
 
 
-def test_single_defence_reports_only_its_parameters_and_stray_ones_are_refused():
-    cfg = _compose("defense=gaussian", "defense.gaussian.sigma=1e-3")
+def test_single_defence_reports_only_its_parameters_and_stray_ones_are_refused(compose_config):
+    cfg = compose_config("defense=gaussian", "defense.gaussian.sigma=1e-3")
     pipeline = instantiate(cfg.defense)
     assert pipeline.report()["steps"] == [{"name": "gaussian", "sigma": 1e-3}]
-    with pytest.raises(Exception, match="pruning"):
-        instantiate(_compose("defense=gaussian", "defense.pruning.ratio=0.5").defense)
-    assert instantiate(_compose("defense=none").defense).report() == {"name": "none", "distortion": 0.0, "steps": []}
+    with pytest.raises(InstantiationException, match="pruning") as info:
+        instantiate(compose_config("defense=gaussian", "defense.pruning.ratio=0.5").defense)
+    assert isinstance(info.value.__cause__, ConfigError)
+    assert instantiate(compose_config("defense=none").defense).report() == {
+        "name": "none",
+        "distortion": 0.0,
+        "steps": [],
+    }

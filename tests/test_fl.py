@@ -10,6 +10,8 @@ import torch
 
 from rgap_bench.data.digits import EmbeddedDigits
 from rgap_bench.data.photos import EmbeddedPhotos
+from rgap_bench.defenses.dpsgd import rdp_epsilon
+from rgap_bench.errors import ConfigError
 from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.fl.data import FederatedDataModule, partition, partition_stats
 from rgap_bench.fl.fedavg import FedAvgClient
@@ -17,8 +19,6 @@ from rgap_bench.fl.server import load_checkpoint, pretrain, save_checkpoint
 from rgap_bench.fl.updates import as_gradient
 from rgap_bench.losses import BinaryLogistic
 from rgap_bench.models import build_convnet, cnn6
-from tests.conftest import photo_batch
-from tests.test_cli import run_cli
 
 SMALL_NET = [
     {"kind": "conv", "out": 4, "kernel": 4, "stride": 2, "padding": 1},
@@ -32,7 +32,7 @@ def small_model(seed: int = 0) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize(("precision", "rtol"), [("32-true", 2e-3), ("64-true", 1e-5)])
-def test_fedavg_one_step_is_the_scaled_fedsgd_gradient(precision, rtol):
+def test_fedavg_one_step_is_the_scaled_fedsgd_gradient(precision, rtol, photo_batch):
     torch.manual_seed(0)
     model = cnn6()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -49,7 +49,7 @@ def test_fedavg_one_step_is_the_scaled_fedsgd_gradient(precision, rtol):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the global model is untouched
 
 
-def test_fedavg_many_steps_reports_them_and_drifts_from_the_gradient():
+def test_fedavg_many_steps_reports_them_and_drifts_from_the_gradient(photo_batch):
     model = small_model()
     batch = photo_batch(image_size=8, index=0)
     gradient = FedSGDClient(model).compute_update(batch)
@@ -105,18 +105,22 @@ def test_pretraining_trains_caches_and_reloads(tmp_path):
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     report = pretrain(model, cfg, source, BinaryLogistic(), torch.tensor([0]), tmp_path, torch.device("cpu"), 0)
     assert not report["loaded"] and report["train_samples"] == len(source.dataset) - 1
-    assert 0 <= report["train_acc_eval"] <= 1 and report["excluded"] == [0]
+    assert report["excluded"] == [0]
+    inputs, labels = source.dataset.batch(torch.arange(1, len(source.dataset)))  # every photo but the private one
+    predicted = (model(inputs)[:, 0] > 0).long()  # the logistic model's decision: logit > 0 means class 1
+    assert report["train_acc_eval"] == float((predicted == source.binary_label(labels).long()).double().mean())
     assert any(not torch.equal(p, start[n]) for n, p in model.named_parameters())
     again = small_model()
     reloaded = pretrain(again, cfg, source, BinaryLogistic(), torch.tensor([0]), tmp_path, torch.device("cpu"), 0)
     assert reloaded["loaded"]
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(), strict=True))
     cfg.epochs = 3
-    with pytest.raises(Exception, match="trained differently"):
+    with pytest.raises(ConfigError, match="trained differently"):
         pretrain(small_model(), cfg, source, BinaryLogistic(), torch.tensor([0]), tmp_path, torch.device("cpu"), 0)
 
 
-def test_cli_fedavg_one_step_on_a_pretrained_model_recovers_and_reports(tmp_path):
+@pytest.mark.slow
+def test_cli_fedavg_one_step_on_a_pretrained_model_recovers_and_reports(tmp_path, run_cli):
     run_dir = tmp_path / "fedavg"
     proc = run_cli(
         "client=fedavg", "client.local_steps=1", "client.precision=64-true", "model=convnet", "data.image_size=8",
@@ -130,22 +134,21 @@ def test_cli_fedavg_one_step_on_a_pretrained_model_recovers_and_reports(tmp_path
     assert metrics["update"]["kind"] == "weight_delta" and metrics["update"]["local_steps"] == 1
     assert [s["name"] for s in metrics["defense_report"]["steps"]] == ["clipping", "gaussian"]
     assert metrics["pretrain"]["epochs"] == 1 and (run_dir / "pretrained.pt").exists()
-    assert 0 <= metrics["utility"]["test_acc"] <= 1 and metrics["utility"]["steps"] == 4  # 32 samples, batch 8
+    utility = metrics["utility"]
+    assert (utility["train_samples"], utility["test_samples"], utility["steps"]) == (31, 8, 4)  # 39 photos, batch 8
+    assert utility["test_acc"] * 8 == pytest.approx(round(utility["test_acc"] * 8))  # a count of the 8 test photos
 
 
-def test_dpsgd_round_reports_epsilon_for_the_clients_sampling_rate(tmp_path):
+def test_dpsgd_round_reports_epsilon_for_the_clients_sampling_rate(tmp_path, compose_config):
     from hydra.utils import instantiate
 
     from rgap_bench.fl.round import run_client_round
     from rgap_bench.run_metrics import client_summary
-    from tests.test_defenses import _compose
 
-    cfg = _compose("defense=dpsgd", "model=convnet", "data.image_size=8", "fl.num_clients=4", "logger=none")
+    cfg = compose_config("defense=dpsgd", "model=convnet", "data.image_size=8", "fl.num_clients=4", "logger=none")
     fl_round = run_client_round(cfg, instantiate(cfg.data), tmp_path, torch.device("cpu"))
     report = fl_round.reports["defense_report"]
     assert report["steps"][0]["sample_rate"] == pytest.approx(1 / 10)  # 40 photos, 4 IID clients, batch 1
-    assert (
-        0 < report["epsilon"] < float("inf")
-        and client_summary(fl_round.record())["privacy/epsilon"] == report["epsilon"]
-    )
+    assert report["epsilon"] == pytest.approx(rdp_epsilon(1.0, 1 / 10, 1, 1e-5))  # dpsgd's defaults, one step
+    assert client_summary(fl_round.record())["privacy/epsilon"] == report["epsilon"]
     assert fl_round.reports["fl"]["client_samples"] == 10

@@ -21,8 +21,6 @@ from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, pcg
 from rgap_bench.linalg.precision import conv_tf32
 from rgap_bench.models import cnn6
-from tests.conftest import make_update, photo_batch, psnr
-from tests.test_operators import CASES, make_system
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False): GPU checks skipped"
@@ -36,7 +34,7 @@ def cuda_update(model: torch.nn.Module, batch):
 
 
 @pytest.fixture(scope="module")
-def cnn6_photo():
+def cnn6_photo(photo_batch, make_update):
     """CNN6 at 32x32 on photo #0, as tests/test_rgap.py builds it, on the CPU and (a copy) on the GPU."""
     torch.manual_seed(0)
     model = cnn6()
@@ -66,7 +64,7 @@ def test_update_on_cuda_matches_the_cpu_update(cnn6_photo):
         assert torch.allclose(g.cpu(), c, rtol=1e-4, atol=1e-6 * float(c.abs().max())), name
 
 
-def test_cnn6_float64_on_cuda_is_exact_and_matches_the_cpu_run(cnn6_photo, monkeypatch):
+def test_cnn6_float64_on_cuda_is_exact_and_matches_the_cpu_run(cnn6_photo, monkeypatch, psnr):
     devices = []
 
     def recording_pcg(normal, rhs, precondition, **kwargs):
@@ -94,7 +92,7 @@ def test_cnn6_float64_on_cuda_is_exact_and_matches_the_cpu_run(cnn6_photo, monke
 
 
 @pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "cudnn-tf32-outside"])
-def test_cnn6_float32_on_cuda_still_recovers(cnn6_photo, tf32, capsys):
+def test_cnn6_float32_on_cuda_still_recovers(cnn6_photo, tf32, capsys, psnr):
     """R-GAP switches cuDNN's TF32 off for its own solves, so the caller's TF32 setting does not matter."""
     with conv_tf32(tf32):
         rec = RGAP(rank="off", dtype="float32")(cnn6_photo["gpu_model"], cnn6_photo["gpu_update"])
@@ -135,9 +133,8 @@ def _to_cuda(system: ConvSystem) -> ConvSystem:
     )
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_conv_system_adjoints_pass_the_dot_product_test_on_cuda(case):
-    cpu, x_true = make_system(*case)
+def test_conv_system_adjoints_pass_the_dot_product_test_on_cuda(conv_case, make_conv_system):
+    cpu, x_true = make_conv_system(*conv_case)
     system = _to_cuda(cpu)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(system.shape, dtype=torch.float64, generator=gen)
@@ -158,7 +155,7 @@ def test_conv_system_adjoints_pass_the_dot_product_test_on_cuda(case):
     assert torch.allclose(result.x.cpu(), x_true, atol=1e-8)
 
 
-def test_client_wrapping_a_model_already_on_the_gpu_needs_no_move():
+def test_client_wrapping_a_model_already_on_the_gpu_needs_no_move(photo_batch):
     """A model moved to CUDA before it is wrapped: the client computes on the weights' device."""
     torch.manual_seed(0)
     model = cnn6().cuda()

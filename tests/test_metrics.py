@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +131,10 @@ def test_label_accuracy_with_assignment():
     assert label_accuracy(torch.tensor([1, 0, 0, 1]), true, assignment=[1, 0, 3, 2]) == 1.0
     with pytest.raises(ValueError):
         label_accuracy(torch.tensor([0, 1]), true)
+
+
+def test_the_spec_document_exists_and_states_the_pinned_numbers():
+    document = Path(__file__).resolve().parents[1] / METRICS_SPEC["document"]
+    text = document.read_text()
+    for fact in ("100 dB", "40 dB", "11 pixels", "sigma 1.5", "linear_sum_assignment", "(w - 1) / 7"):
+        assert fact in text, fact

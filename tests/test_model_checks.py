@@ -11,7 +11,6 @@ from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
 from rgap_bench.models import build_convnet, cnn6, fcn3
 from rgap_bench.models.checks import check_model, unsupported_reason
 from rgap_bench.rank import analyse_model
-from tests.conftest import make_update, photo_batch
 
 
 def _tiny(act: nn.Module | None = None, bias: bool = False, op: nn.Module | None = None, head: int = 1) -> nn.Module:
@@ -48,7 +47,7 @@ def test_paper_models_pass_with_their_slopes_and_shapes():
         (_tiny(head=2), "single-logit"),
     ],
 )
-def test_attack_and_rank_analysis_give_the_same_reason(model, message):
+def test_attack_and_rank_analysis_give_the_same_reason(model, message, make_update, photo_batch):
     reason = unsupported_reason(model)
     assert message in reason
     assert analyse_model(model, numeric=False).reason == reason
@@ -64,7 +63,7 @@ def test_a_model_that_is_not_a_block_stack_is_refused():
     assert "got Sequential" in unsupported_reason(nn.Sequential(nn.Linear(4, 1)))
 
 
-def test_the_update_is_checked_after_the_model():
+def test_the_update_is_checked_after_the_model(make_update, photo_batch):
     model = _tiny()
     update = make_update(model, photo_batch(image_size=4, channels=1))
     tensors = {name: torch.zeros(1) for name in update.tensors}

@@ -1,22 +1,57 @@
-"""Every notebook runs top to bottom offline (code cells executed in order in one namespace, no Jupyter needed)."""
+"""Every notebook runs top to bottom in a real Jupyter kernel (nbclient), and the committed file keeps its outputs.
 
-import json
+The kernel executes a copy in a temporary folder, so the test never rewrites the committed notebook; `make
+notebooks` is the step that refreshes the committed outputs (pictures included) for a reader who does not run it.
+"""
+
+import os
+import shutil
+import sys
 from pathlib import Path
 
+import nbformat
 import pytest
+from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+IDS = [p.name for p in NOTEBOOKS]
+PROBE = "import sys, rgap_bench\nprint(sys.executable)\nprint(rgap_bench.__file__)"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    assert cells
-    for cell in cells:
-        source = "".join(cell["source"])
-        exec(compile(source, f"{path.name}:{cells.index(cell)}", "exec"), namespace)
+def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_executes_in_a_kernel_of_this_python(path, tmp_path, monkeypatch):
+    committed = path.read_bytes()
+    copy = tmp_path / path.name
+    shutil.copy(path, copy)
+    notebook = nbformat.read(copy, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(PROBE))  # which interpreter and which checkout ran it
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()  # raises CellExecutionError, with the cell and its traceback, when a cell fails
+
+    printed = "".join(out.text for out in notebook.cells[-1].outputs if out.get("name") == "stdout")
+    executable, package = printed.split()
+    assert Path(executable).resolve() == Path(sys.executable).resolve()
+    assert Path(package).resolve().is_relative_to(ROOT)
+    assert all(cell.execution_count is not None for cell in code_cells(notebook))
+    assert path.read_bytes() == committed
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_committed_notebook_keeps_its_outputs(path):
+    cells = code_cells(nbformat.read(path, as_version=4))
+    assert [cell.execution_count for cell in cells] == list(range(1, len(cells) + 1)), "run it top to bottom once"
+    outputs = [output for cell in cells for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert any("image/png" in output.get("data", {}) for output in outputs), "the picture is not saved in the file"
+    assert str(ROOT) not in path.read_text()  # no machine paths in what is committed
 
 
 def test_there_is_a_notebook():

@@ -3,29 +3,10 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
+from rgap_bench.linalg.constraints import conv_constraints, linear_constraints
 from rgap_bench.linalg.lstsq import dense_lstsq
-from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem, pcg
-
-CASES = [
-    ((2, 6, 6), 3, (3, 3), (1, 1), (1, 1)),
-    ((3, 7, 5), 4, (2, 3), (2, 1), (1, 2)),
-    ((1, 8, 8), 2, (4, 4), (2, 2), (2, 2)),
-    ((4, 5, 5), 6, (3, 3), (2, 2), (0, 0)),
-]
-
-
-def make_system(in_shape, filters, kernel, stride, padding, scale_rows=True, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    weight = torch.randn(filters, in_shape[0], *kernel, dtype=torch.float64, generator=gen)
-    x = torch.randn(in_shape, dtype=torch.float64, generator=gen)
-    geom = ConvGeometry(in_shape, kernel, stride, padding)
-    z = F.conv2d(x[None], weight, stride=stride, padding=padding)[0]
-    k = torch.randn(z.shape, dtype=torch.float64, generator=gen)
-    grad = torch.nn.grad.conv2d_weight(x[None], weight.shape, k[None], stride, padding)
-    return ConvSystem(weight, k, grad, z, geom, scale_rows), x
+from rgap_bench.linalg.operators import BlockJacobi, LinearSystem, pcg
 
 
 def explicit(system):
@@ -33,18 +14,16 @@ def explicit(system):
     return torch.from_numpy(grad_block.matrix.toarray()), torch.from_numpy(weight_block.matrix.toarray())
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_operators_match_the_sparse_matrices(case):
-    system, _ = make_system(*case, scale_rows=False)
+def test_operators_match_the_sparse_matrices(conv_case, make_conv_system):
+    system, _ = make_conv_system(*conv_case, scale_rows=False)
     g_dense, w_dense = explicit(system)
     v = torch.randn(system.shape, dtype=torch.float64)
     assert torch.allclose(system.grad_rows(v).reshape(-1), g_dense @ v.reshape(-1), atol=1e-12)
     assert torch.allclose(system.weight_rows(v).reshape(-1), w_dense @ v.reshape(-1), atol=1e-12)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_row_scales_are_the_row_norms(case):
-    system, _ = make_system(*case)
+def test_row_scales_are_the_row_norms(conv_case, make_conv_system):
+    system, _ = make_conv_system(*conv_case)
     g_dense, w_dense = explicit(system)
     g_scale = system.grad_scale.expand_as(system.weight).reshape(-1)
     g_norm = g_dense.norm(dim=1)
@@ -53,9 +32,8 @@ def test_row_scales_are_the_row_norms(case):
     assert torch.allclose(system.weight_scale.reshape(-1) * w_norm, (w_norm > 0).double(), atol=1e-12)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_adjoints_pass_the_dot_product_test(case):
-    system, _ = make_system(*case)
+def test_adjoints_pass_the_dot_product_test(conv_case, make_conv_system):
+    system, _ = make_conv_system(*conv_case)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(system.shape, dtype=torch.float64, generator=gen)
     v = torch.randn(system.weight.shape, dtype=torch.float64, generator=gen)
@@ -66,9 +44,8 @@ def test_adjoints_pass_the_dot_product_test(case):
     assert torch.isclose(lhs, rhs, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_channel_matrix_and_diagonal_match_the_normal_matrix(case):
-    system, _ = make_system(*case)
+def test_channel_matrix_and_diagonal_match_the_normal_matrix(conv_case, make_conv_system):
+    system, _ = make_conv_system(*conv_case)
     g_dense, w_dense = explicit(system)
     g_scaled = g_dense * system.grad_scale.expand_as(system.weight).reshape(-1, 1)
     w_scaled = w_dense * system.weight_scale.reshape(-1, 1)
@@ -80,9 +57,8 @@ def test_channel_matrix_and_diagonal_match_the_normal_matrix(case):
     assert torch.allclose(system.weight_diagonal().reshape(-1), (w_scaled**2).sum(0), atol=1e-12)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_dense_normal_is_the_scaled_normal_matrix(case):
-    system, _ = make_system(*case)
+def test_dense_normal_is_the_scaled_normal_matrix(conv_case, make_conv_system):
+    system, _ = make_conv_system(*conv_case)
     g_dense, w_dense = explicit(system)
     a = torch.cat(
         [
@@ -93,18 +69,18 @@ def test_dense_normal_is_the_scaled_normal_matrix(case):
     assert torch.allclose(system.dense_normal(), a.T @ a, atol=1e-12)
 
 
-def test_full_rank_bound_is_a_lower_bound_on_the_relative_spectrum():
-    tall, _ = make_system((3, 5, 5), 8, (3, 3), (1, 1), (1, 1))  # K: 72 x 25, full column rank
+def test_full_rank_bound_is_a_lower_bound_on_the_relative_spectrum(make_conv_system):
+    tall, _ = make_conv_system((3, 5, 5), 8, (3, 3), (1, 1), (1, 1))  # K: 72 x 25, full column rank
     eig = torch.linalg.eigvalsh(tall.dense_normal())
     bound = tall.full_rank_bound()
     assert bound is not None and 0 < bound <= float(eig[0] / eig[-1])
-    wide, _ = make_system(*CASES[0])  # K: 27 x 36, a channel is not determined by its gradient rows
+    wide, _ = make_conv_system((2, 6, 6), 3, (3, 3), (1, 1), (1, 1))  # K: 27 x 36: a channel is not determined
+    # by its gradient rows
     assert wide.full_rank_bound() is None
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_preconditioner_inverts_its_block_diagonal(case):
-    system, _ = make_system(*case)
+def test_preconditioner_inverts_its_block_diagonal(conv_case, make_conv_system):
+    system, _ = make_conv_system(*conv_case)
     pre = BlockJacobi(system, jitter=0.0)
     c, h, w = system.shape
     kmat = system.channel_matrix()
@@ -114,9 +90,8 @@ def test_preconditioner_inverts_its_block_diagonal(case):
     assert torch.allclose(pre(applied.reshape(c, h, w)).reshape(c, -1), v, atol=1e-8)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_pcg_recovers_the_layer_input(case):
-    system, x = make_system(*case)
+def test_pcg_recovers_the_layer_input(conv_case, make_conv_system):
+    system, x = make_conv_system(*conv_case)
     result = pcg(system.normal, system.normal_rhs(), BlockJacobi(system), tol=1e-13, max_iter=2000)
     assert torch.allclose(result.x, x, atol=1e-8)
     assert system.residual_rel(result.x) < 1e-9

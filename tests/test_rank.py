@@ -39,7 +39,7 @@ def test_cnn6d_conv2_deficiency_is_the_count_prediction():
     op = model.blocks[1].op
     geom = ConvGeometry((12, 17, 17), (3, 3), (2, 2), (1, 1))
     measured = conv_rank(op.weight.detach().double(), ks[1].reshape(20, -1), geom, None, dense_max=4000, rcond=1e-10)
-    assert measured.rank == 3188  # the numerical rank at the current weights is exactly the bound
+    assert measured.rank == conv2.bound  # the numerical rank at the current weights is exactly the bound
 
 
 def test_fcn3_is_over_determined():
@@ -79,6 +79,7 @@ def test_relu_and_bias_report_counts_and_the_reason():
     assert "cannot attack" in report.verdict
 
 
+@pytest.mark.slow
 def test_cli_writes_rank_json(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
@@ -90,7 +91,7 @@ def test_cli_writes_rank_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((run_dir / "rank.json").read_text())
     assert report["model"] == "cnn6d" and report["input_shape"] == [3, 32, 32]
-    conv2 = report["layers"][1]
-    assert conv2["rank"] == 3188 and conv2["deficiency"] == 280 == conv2["predicted_deficiency"]
+    conv2, counted = report["layers"][1], analyse_model(cnn6d(), numeric=False).layers[1]
+    assert conv2["rank"] == counted.bound and conv2["deficiency"] == counted.predicted_deficiency > 0
     assert report["layers"][0]["method"] == "count (bound)" and report["ra_index"] > 0
     assert "RA index" in proc.stdout

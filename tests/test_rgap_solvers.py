@@ -18,7 +18,6 @@ from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import DenseMemory
 from rgap_bench.models import build_convnet, fcn3
-from tests.conftest import make_update, photo_batch
 
 DTYPE = torch.float64
 
@@ -110,7 +109,7 @@ def test_plan_falls_back_to_pcg_when_the_dense_matrices_would_not_fit(monkeypatc
     assert "needs ~8000.0 GB, 4.0 GB are free" in caplog.text
 
 
-def test_rank_known_before_the_solve_is_reported_by_every_solver():
+def test_rank_known_before_the_solve_is_reported_by_every_solver(make_update, photo_batch):
     """FCN3's layers are determined by their gradient rows: the reference solver reports that rank too."""
     torch.manual_seed(0)
     model = fcn3(in_channels=3, image_size=8)
@@ -119,7 +118,7 @@ def test_rank_known_before_the_solve_is_reported_by_every_solver():
     assert {layer.solver for layer in rec.layers} == {"sparse-lu"}
 
 
-def test_scale_rows_reaches_the_joint_null_space_solve(monkeypatch):
+def test_scale_rows_reaches_the_joint_null_space_solve(monkeypatch, make_update, photo_batch):
     seen = []
     real = joint_module.solve_through_null_space
 

@@ -148,6 +148,19 @@ def test_a_reconstruction_with_nan_is_failed_and_written_as_null(tmp_path):
     assert record["psnr"] is None and record["per_image"][0]["psnr"] is None and record["attack_status"] == "failed"
 
 
+def test_a_batch_with_one_nan_reconstruction_is_still_scored(tmp_path):
+    originals = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    inputs = originals.flip(0).clone()
+    inputs[0] = math.nan  # stands for originals[1]
+    metrics = RunMetrics.score(
+        Reconstruction(inputs=inputs, status="approximate", status_reason="budget"), originals, torch.tensor([0, 1]),
+        labels_shared=True, attack_time_s=0.1, indices=[0, 1], run={}, client={"defense_report": {"distortion": 0.0}},
+    )  # fmt: skip
+    assert metrics.assignment == [1, 0] and metrics.per_image[1]["psnr"] == 100.0
+    assert math.isnan(metrics.psnr) and metrics.attack_status == "failed"
+    assert metrics.attack_status_reason.endswith("; budget")
+
+
 def test_every_non_finite_number_becomes_null_whatever_holds_it(tmp_path):
     layer = LayerReport(0, "conv", 4, 4, 4, 4, 0, residual_rel=math.nan, sigma_min_rel=math.inf)
     obj = {

@@ -29,7 +29,7 @@ from rgap_bench.attacks.matching import (
 from rgap_bench.attacks.status import matching_status
 from rgap_bench.errors import ConfigError
 from rgap_bench.options import build_options
-from rgap_bench.types import ClientUpdate, Reconstruction
+from rgap_bench.types import ClientUpdate, Reconstruction, Status
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class GradientMatchingAttack:
             },
         )
 
-    def status(self, distance: float, inputs: Tensor, result: LoopResult | None = None) -> tuple[str, str]:
+    def status(self, distance: float, inputs: Tensor, result: LoopResult | None = None) -> tuple[Status, str]:
         """Exact only at the loop's own stopping tolerance (`attacks.status.matching_status`)."""
         detail = "" if result is None else f"after {result.evaluations} evaluations ({result.stopped})"
         return matching_status(distance, self.settings.tolerance, inputs, detail)

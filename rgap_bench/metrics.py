@@ -77,6 +77,7 @@ def _ssim_window(height: int, width: int) -> tuple[int, float]:
 def _match(recon: Tensor, originals: Tensor) -> list[int]:
     """Assign each reconstruction to a distinct original so that the total MSE is minimal."""
     cost = (recon[:, None] - originals[None]).pow(2).flatten(2).mean(dim=2)
+    cost = cost.nan_to_num(nan=2.0)  # a NaN reconstruction (scored null) matches worse than any image in [0, 1]
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     assignment = [0] * recon.shape[0]
     for r, c in zip(rows.tolist(), cols.tolist(), strict=True):

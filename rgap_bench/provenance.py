@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
+import torch
+
 PACKAGES = (
     "rgap_bench",
     "torch",
@@ -19,10 +21,13 @@ PACKAGES = (
 
 
 def package_versions() -> dict[str, str]:
+    """Python, the packages that produce or score a number, and the CUDA/cuDNN builds torch runs on."""
     found = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = "not installed"
+    found["torch_cuda"] = torch.version.cuda or "none"
+    found["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none"
     return found

@@ -2,10 +2,15 @@
 
 Tests, benchmarks, notebooks and the README read `metrics.json` by key, and dashboards read the W&B summary by key,
 so both layouts are written down once, next to each other, instead of being assembled by hand in the runner.
+
+`status` is the job's (ok | failed | interrupted); `attack_status` grades the attack's result (exact | approximate |
+failed | unsupported, `rgap_bench.types.Status`) and `attack_status_reason` says why, so a number that was not
+measured (null: files hold no NaN/Inf) or not converged is never read as a success.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +18,11 @@ from torch import Tensor
 
 from rgap_bench.metrics import METRICS_SPEC, label_accuracy, reconstruction_metrics
 from rgap_bench.provenance import package_versions
-from rgap_bench.types import Reconstruction
+from rgap_bench.types import Reconstruction, Status
 
 FAILED_SUMMARY = {"status": "failed"}
+INTERRUPTED_SUMMARY = {"status": "interrupted"}
+SCORES = ("mse", "mse_unclamped", "psnr", "ssim", "exact_rate")
 
 
 def client_summary(client: dict[str, Any]) -> dict[str, float]:
@@ -35,9 +42,35 @@ def client_summary(client: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def failed_record(error: str, client: dict[str, Any]) -> dict[str, Any]:
-    """`metrics.json` of a run that failed: why, and whatever the client side had recorded before."""
-    return {"status": "failed", "error": error, **client, "versions": package_versions()}
+def failed_record(error: str, client: dict[str, Any], attack_status: Status = "failed") -> dict[str, Any]:
+    """`metrics.json` of a run that failed: why, and whatever the client side had recorded before.
+
+    `attack_status` is `unsupported` when the attack refused the model or update (UnsupportedModelError)."""
+    return {
+        "status": "failed",
+        "error": error,
+        "attack_status": attack_status,
+        "attack_status_reason": error,
+        **client,
+        "versions": package_versions(),
+    }
+
+
+def interrupted_record(client: dict[str, Any]) -> dict[str, Any]:
+    """`metrics.json` of a run stopped by Ctrl-C, with whatever the client side had recorded (none: it stopped
+    before the attack)."""
+    reason = "interrupted (Ctrl-C) before the run finished: no result"
+    record = {"status": "interrupted", "error": reason, "attack_status": "failed", "attack_status_reason": reason}
+    return {**record, **client, "versions": package_versions()}
+
+
+def _grade(reconstruction: Reconstruction, scores: dict[str, Any]) -> tuple[Status, str]:
+    """The attack's own status, failed when a score could not be measured (written as null)."""
+    missing = [key for key in SCORES if not math.isfinite(scores[key])]
+    if not missing:
+        return reconstruction.status, reconstruction.status_reason
+    reason = f"{', '.join(missing)} not finite (written as null): the reconstruction holds NaN or Inf"
+    return "failed", "; ".join(r for r in (reason, reconstruction.status_reason) if r)
 
 
 @dataclass(frozen=True)
@@ -49,6 +82,8 @@ class RunMetrics:
     psnr: float
     ssim: float
     exact_rate: float
+    attack_status: Status
+    attack_status_reason: str
     label_acc: float | None  # None when the attack returns no labels or one combined image
     label_source: str  # shared | inferred
     attack_time_s: float
@@ -82,12 +117,15 @@ class RunMetrics:
         if reconstruction.labels is not None and not reconstruction.combined:
             label_acc = label_accuracy(reconstruction.labels.cpu(), targets.cpu(), scores["assignment"])
         deficiency = [r.rank_deficiency for r in reconstruction.layers if r.rank_deficiency is not None]
+        status, reason = _grade(reconstruction, scores)
         return cls(
             mse=scores["mse"],
             mse_unclamped=scores["mse_unclamped"],
             psnr=scores["psnr"],
             ssim=scores["ssim"],
             exact_rate=scores["exact_rate"],
+            attack_status=status,
+            attack_status_reason=reason,
             label_acc=label_acc,
             label_source="shared" if labels_shared else "inferred",
             attack_time_s=attack_time_s,
@@ -105,6 +143,8 @@ class RunMetrics:
         """The contents of `metrics.json` (keys and their order are part of the interface)."""
         return {
             "status": "ok",
+            "attack_status": self.attack_status,
+            "attack_status_reason": self.attack_status_reason,
             "mse": self.mse,
             "mse_unclamped": self.mse_unclamped,
             "psnr": self.psnr,
@@ -139,4 +179,4 @@ class RunMetrics:
             out["recon/label_acc"] = self.label_acc
         if self.rank_deficiency is not None:
             out["rank/deficiency"] = self.rank_deficiency
-        return out
+        return {key: value for key, value in out.items() if math.isfinite(value)}  # a NaN is no measurement

@@ -1,7 +1,8 @@
 """One job: private batch -> client update -> defence -> attack -> metrics, files and logs in the run directory.
 
 A failing job records why in its `metrics.json` and closes its logger; inside a multirun sweep it returns instead
-of raising, so one bad combination never ends the sweep or loses the other jobs' results.
+of raising, so one bad combination never ends the sweep or loses the other jobs' results. Ctrl-C records
+`status: interrupted` and ends the process (sweep included) with exit code 130, the shell's code for SIGINT.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rgap_bench.attacks.base import Attack
-from rgap_bench.errors import RGapBenchError, root_cause
+from rgap_bench.errors import RGapBenchError, UnsupportedModelError, root_cause
 from rgap_bench.fl.round import run_client_round, saved_record
 from rgap_bench.fl.updates import as_gradient
 from rgap_bench.logging import (
@@ -33,7 +34,13 @@ from rgap_bench.logging import (
     write_json,
 )
 from rgap_bench.rank.report import write_run_rank
-from rgap_bench.run_metrics import FAILED_SUMMARY, RunMetrics, failed_record
+from rgap_bench.run_metrics import (
+    FAILED_SUMMARY,
+    INTERRUPTED_SUMMARY,
+    RunMetrics,
+    failed_record,
+    interrupted_record,
+)
 from rgap_bench.types import Reconstruction
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,7 @@ def _run_description(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         },
         "client": cfg.client.name,
         "seed": cfg.seed,
+        "threads": torch.get_num_threads(),  # intra-op threads: reductions may round differently with another count
         # H-GAP's closed-form stage carries its dtype in its nested R-GAP node
         "dtype": OmegaConf.select(cfg, "attack.dtype") or OmegaConf.select(cfg, "attack.rgap.dtype") or "float32",
         "device": str(device),
@@ -96,6 +104,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
         client=fl_round.record(),
     )
     results = metrics.record()
+    if metrics.attack_status != "exact":
+        log.warning("%s: result is %s: %s", cfg.attack.name, metrics.attack_status, metrics.attack_status_reason)
     layers = [layer.as_dict() for layer in reconstruction.layers]
     write_json(run_dir / "metrics.json", results)
     write_json(run_dir / "layers.json", {"layers": layers, "info": reconstruction.info})
@@ -120,6 +130,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
             ("PSNR (dB)", f"{metrics.psnr:.2f}"),
             ("MSE", f"{metrics.mse:.3e}"),
             ("SSIM", f"{metrics.ssim:.4f}"),
+            ("attack status", metrics.attack_status),
             ("attack time (s)", f"{attack_time:.2f}"),
             ("run directory", str(run_dir)),
         ]
@@ -138,10 +149,17 @@ def run_task(cfg: DictConfig) -> dict[str, Any] | None:
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), run_dir.name)
     try:
         results = run_experiment(cfg, run_dir, logger)
+    except KeyboardInterrupt:
+        write_json(run_dir / "metrics.json", interrupted_record(saved_record(run_dir)))
+        logger.log_summary(INTERRUPTED_SUMMARY)
+        logger.finish(exit_code=130)
+        log.error("interrupted: %s records status interrupted", run_dir / "metrics.json")
+        sys.exit(130)
     except Exception as exc:
         cause = root_cause(exc)
         message = f"{type(cause).__name__}: {cause}"
-        write_json(run_dir / "metrics.json", failed_record(message, saved_record(run_dir)))
+        attack_status = "unsupported" if isinstance(cause, UnsupportedModelError) else "failed"
+        write_json(run_dir / "metrics.json", failed_record(message, saved_record(run_dir), attack_status))
         logger.log_summary(FAILED_SUMMARY)
         logger.finish(exit_code=1)
         if multirun:

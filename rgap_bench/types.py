@@ -9,11 +9,19 @@ reconstruction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
 from rgap_bench.losses import Loss
+
+# How far a result can be trusted, per layer (`layers.json`) and per run (`metrics.json` `attack_status`): exact
+# (every equation solved and the solution unique, or a gradient matched to the attack's tolerance), approximate
+# (a result, with the reason it may be wrong), failed (no usable result), unsupported (the attack cannot handle it).
+# Ordered from best to worst: a run is as good as its worst layer.
+Status = Literal["exact", "approximate", "failed", "unsupported"]
+STATUSES: tuple[Status, ...] = ("exact", "approximate", "unsupported", "failed")
+UNASSESSED = "the attack did not assess its result"
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,9 @@ class LayerReport:
     # joint null-space solve only: whether the LeakyReLU pattern of the deficient layer's input settled with a
     # solution that fits every equation of both layers (residual < 1e-3; None for every other solve)
     pattern_settled: bool | None = None
+    normal_residual_rel: float | None = None  # iterative solvers: ||N x - A^T b|| / ||A^T b|| where they stopped
+    status: Status = "approximate"  # set by the attack from its solve (rgap_bench.attacks.rgap.report)
+    status_reason: str = UNASSESSED
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -141,4 +152,6 @@ class Reconstruction:
     residual_rel: float | None = None  # closed-form attacks: mean relative residual of the equations solved
     range_violation: float | None = None  # mean distance of the inputs outside the image range [0, 1]
     gradient_distance: float | None = None  # matching attacks: distance of the reconstruction's gradient
+    status: Status = "approximate"  # how far the result can be trusted; the attack says why in status_reason
+    status_reason: str = UNASSESSED
     info: dict[str, Any] = field(default_factory=dict)

@@ -14,7 +14,8 @@ CLIENT = {
     "utility": {"test_acc": 0.7, "epsilon": 3.0},
 }
 RECORD_KEYS = [
-    "status", "mse", "mse_unclamped", "psnr", "ssim", "exact_rate", "label_acc", "label_source", "attack_time_s",
+    "status", "attack_status", "attack_status_reason", "mse", "mse_unclamped", "psnr", "ssim", "exact_rate",
+    "label_acc", "label_source", "attack_time_s",
     "rank_deficiency", "combined", "per_image", "assignment", "indices", "run", "attack_info",
     "update", "pretrain", "defense_report", "utility", "spec", "versions",
 ]  # fmt: skip
@@ -54,4 +55,6 @@ def test_optional_keys_stay_out_when_the_run_has_no_such_value():
     assert client_summary(client) == {"defense/distortion": 0.0}
     assert "recon/label_acc" not in _metrics(None, []).summary()
     failed = failed_record("ConfigError: x", client)
-    assert list(failed) == ["status", "error", "update", "pretrain", "defense_report", "versions"]
+    assert list(failed) == [
+        "status", "error", "attack_status", "attack_status_reason", "update", "pretrain", "defense_report", "versions",
+    ]  # fmt: skip

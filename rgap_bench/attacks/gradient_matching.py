@@ -26,9 +26,10 @@ from rgap_bench.attacks.matching import (
     optimise,
     total_variation,
 )
+from rgap_bench.attacks.status import matching_status
 from rgap_bench.errors import ConfigError
 from rgap_bench.options import build_options
-from rgap_bench.types import ClientUpdate, Reconstruction
+from rgap_bench.types import ClientUpdate, Reconstruction, Status
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,14 @@ class GradientMatchingAttack:
                 start = init if (init is not None and restart == 0) else None
                 candidates.append(self._run(target, hypothesis, restart, generator, start))
         best = min(candidates, key=lambda c: c.distance)
+        inputs = best.inputs.detach().float().cpu()
+        status, reason = self.status(best.distance, inputs, best.result)
         return Reconstruction(
-            inputs=best.inputs.detach().float().cpu(),
+            inputs=inputs,
             labels=best.labels.detach().cpu(),
             gradient_distance=best.distance,
+            status=status,
+            status_reason=reason,
             info={
                 "distance": self.distance,
                 "gradient_distance": best.distance,
@@ -160,6 +165,11 @@ class GradientMatchingAttack:
                 "trace": best.result.trace,
             },
         )
+
+    def status(self, distance: float, inputs: Tensor, result: LoopResult | None = None) -> tuple[Status, str]:
+        """Exact only at the loop's own stopping tolerance (`attacks.status.matching_status`)."""
+        detail = "" if result is None else f"after {result.evaluations} evaluations ({result.stopped})"
+        return matching_status(distance, self.settings.tolerance, inputs, detail)
 
     # ----------------------------------------------------------------------------------------------- internal
 

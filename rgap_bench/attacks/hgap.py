@@ -21,6 +21,7 @@ from rgap_bench.attacks.gradient_matching import GradientMatchingAttack, Matchin
 from rgap_bench.attacks.matching import MatchingTarget
 from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.attacks.status import join
 from rgap_bench.errors import ConfigError, UnsupportedModelError
 from rgap_bench.options import build_options
 from rgap_bench.types import ClientUpdate, Reconstruction
@@ -71,11 +72,12 @@ class HGAP:
         self.matcher = GradientMatchingAttack(dataclasses.replace(opts.matching, restarts=1 + opts.random_restarts))
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
+        unsupported = ""
         try:
             closed = self.rgap(model, update)
         except UnsupportedModelError as exc:
             log.warning("%s: R-GAP cannot run (%s); gradient matching from random inputs only", self.name, exc)
-            closed = None
+            closed, unsupported = None, f"R-GAP cannot run ({exc}), matched from random inputs"
         deficient = [] if closed is None else [r.index for r in closed.layers if r.rank_deficiency]
         if closed is not None and not deficient:
             closed.info["hgap"] = {"stage": "rgap", "deficient_layers": []}
@@ -95,15 +97,24 @@ class HGAP:
         matched = self.matcher.reconstruct(target, init=init)
         matched.info["hgap"] = {"stage": "matching", "deficient_layers": deficient}
         if closed is None:
-            return matched
+            return dataclasses.replace(matched, status_reason=join((matched.status_reason, unsupported)))
         # Judge both in float64: near an exact solution the float32 matching loss is rounding noise, and it would
         # hand the win to a matched image that is worse than the closed-form one.
         judge = MatchingTarget.from_update(model, update, "float64")
         rgap_distance = judge.distance(closed.inputs, closed.labels, soft=False, metric=self.matcher.distance)
         matched_distance = judge.distance(matched.inputs, matched.labels, soft=False, metric=self.matcher.distance)
         winner = closed if rgap_distance <= matched_distance else matched
+        status, reason = closed.status, closed.status_reason
+        if winner is matched:  # graded on the float64 distance it won by
+            refined = f"R-GAP left layers {deficient} rank-deficient, refined by gradient matching"
+            status, reason = self.matcher.status(matched_distance, matched.inputs)
+            reason = join((reason, refined))
         winner = dataclasses.replace(
-            winner, layers=closed.layers, gradient_distance=min(rgap_distance, matched_distance)
+            winner,
+            layers=closed.layers,
+            gradient_distance=min(rgap_distance, matched_distance),
+            status=status,
+            status_reason=reason,
         )
         winner.info["hgap"] = {
             "stage": "rgap" if winner is closed else "matching",

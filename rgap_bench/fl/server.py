@@ -18,6 +18,7 @@ from rgap_bench.data.base import ImageSource
 from rgap_bench.errors import ConfigError
 from rgap_bench.fl.data import loss_targets, make_loader
 from rgap_bench.fl.training import SupervisedModule, accuracy, fit
+from rgap_bench.logging import atomic_write
 from rgap_bench.losses import Loss
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,8 @@ EVAL_LIMIT = 2000  # samples used to measure the accuracy reached (a CPU-friendl
 
 
 def save_checkpoint(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, path)
+    with atomic_write(path) as tmp:  # an interrupted save never leaves a truncated checkpoint to load next time
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> dict[str, Any]:

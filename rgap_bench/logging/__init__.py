@@ -3,12 +3,20 @@
 from rgap_bench.logging.base import NullLogger, RunLogger
 from rgap_bench.logging.console import print_layer_table, print_summary
 from rgap_bench.logging.factory import make_logger
-from rgap_bench.logging.files import ImageRow, save_comparison, save_image_rows, to_jsonable, write_json
+from rgap_bench.logging.files import (
+    ImageRow,
+    atomic_write,
+    save_comparison,
+    save_image_rows,
+    to_jsonable,
+    write_json,
+)
 
 __all__ = [
     "ImageRow",
     "NullLogger",
     "RunLogger",
+    "atomic_write",
     "make_logger",
     "print_layer_table",
     "print_summary",

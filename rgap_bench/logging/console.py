@@ -21,13 +21,14 @@ LAYER_COLUMNS = (
     ("solver", "solver"),
     ("iterations", "iters"),
     ("time_s", "time s"),
+    ("status", "status"),  # exact | approximate | failed | unsupported; layers.json says why
 )
 
 
 def _default_console() -> Console:
     """Rich falls back to 80 columns when output is piped or logged; the layer table needs more."""
     console = Console()
-    return console if console.is_terminal else Console(width=150)
+    return console if console.is_terminal else Console(width=165)
 
 
 def format_cell(value: Any) -> str:

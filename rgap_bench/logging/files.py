@@ -1,4 +1,4 @@
-"""Result files: strict JSON and an originals-vs-reconstructions figure."""
+"""Result files: strict JSON and an originals-vs-reconstructions figure, each written atomically."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +47,29 @@ def to_jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write strictly valid JSON, atomically, so a crash never leaves a half-written result file."""
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path` to write to; it replaces `path` only when the block completes.
+
+    A crash, Ctrl-C or full disk mid-write leaves the previous file (or none), never a truncated one: the temporary
+    file is in the same directory, so `os.replace` is an atomic rename, and it is removed when the block fails.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a name no other writer uses (parallel sweeps), created by the writer itself so it gets the usual file mode
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write strictly valid JSON (non-finite floats become null), atomically."""
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
 
 
 def _as_image(x: Tensor) -> tuple[np.ndarray, str | None]:
@@ -118,9 +135,8 @@ def save_image_rows(rows: list[ImageRow], path: Path, heading: str | None = None
                 ax.set_ylabel(row.label, fontsize=8)
             if row.captions is not None:
                 ax.set_title(row.captions[i], fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def save_comparison(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any
@@ -14,6 +15,7 @@ from rgap_bench.attacks.logistic_scalar import F_MIN, U_STAR, invert_logistic_sc
 from rgap_bench.attacks.rgap.layers import read_layers
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.recursion import recurse
+from rgap_bench.attacks.rgap.report import run_status
 from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.linalg.precision import conv_tf32
 from rgap_bench.options import build_options
@@ -87,6 +89,8 @@ class RGAP:
         labels = [int(meta.labels.reshape(-1)[0])] if meta.labels is not None else [0, 1]
         candidates = [recurse(layers, label, u, scale, self.options, self.dtype) for label in labels for u in roots]
         best = choose_candidate(candidates)
+        status, reason = run_status(best.layers, clamped)
+        best = dataclasses.replace(best, status=status, status_reason=reason)
         best.info["output_scalar"] = c
         best.info["output_scalar_clamped"] = clamped
         if len(candidates) > 1:

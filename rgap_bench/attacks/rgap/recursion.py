@@ -64,8 +64,9 @@ def recurse(
                 joint = solve_joint(layer, back_k, x_next, null_basis, options, dtype)
                 x_next, null_basis = joint.x, None
                 k = back_k * layer.act.derivative(layer.act.inverse(joint.x_upper))
-                reports[-1] = completed_below(reports[-1], layer.index)
-                reports.append(layer_report(layer, joint, None, time.perf_counter() - start))
+                lower = layer_report(layer, joint, None, time.perf_counter() - start)
+                reports[-1] = completed_below(reports[-1], lower)
+                reports.append(lower)
                 continue
             z = layer.act.inverse(x_next.reshape(layer.out_shape))
             k = back_k * layer.act.derivative(z)

@@ -1,4 +1,15 @@
-"""The one place a layer's `LayerReport` (a row of layers.json) is built from its plan and its solve."""
+"""The one place a layer's `LayerReport` (a row of layers.json) is built from its plan and its solve, and graded.
+
+A layer is `exact` when its solution fits its equations and is unique; every threshold is one the code already
+treats as converged elsewhere:
+- residual: ||A x - b|| / ||b|| below `null_space.CONSISTENT_RESIDUAL` (1e-3), the residual under which the joint
+  solve calls a pattern consistent (clean float64 runs leave ~1e-6, float32 ~1e-6 too; noise leaves far more);
+- PCG: normal residual within `iterative.CONVERGED_FACTOR` (1e3) x attack.tol, where the solver warns otherwise;
+- uniqueness: a measured or proven rank with no deficiency, or a deficiency completed by a joint solve below whose
+  activation pattern settled (the criterion H-GAP already uses to skip matching);
+- the joint solve: its activation pattern settled with a consistent solution.
+Anything else is `approximate` with the reason; a NaN/Inf solution or residual is `failed`.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +18,50 @@ import logging
 import math
 
 from rgap_bench.attacks.rgap.layers import RGAPLayer, describe_op
+from rgap_bench.attacks.rgap.null_space import CONSISTENT_RESIDUAL
 from rgap_bench.attacks.rgap.plan import LayerPlan
 from rgap_bench.attacks.rgap.solvers import LayerSolve
-from rgap_bench.types import LayerReport
+from rgap_bench.attacks.rgap.solvers.iterative import CONVERGED_FACTOR
+from rgap_bench.attacks.status import join, non_finite, worst
+from rgap_bench.types import LayerReport, Status
 
 log = logging.getLogger("rgap_bench.attacks.rgap")  # one logger for the package: the progress lines of one attack
-SOLVE_FIELDS = ("sigma_min_rel", "residual_rel", "solver", "iterations", "pattern_settled")  # copied as they are
+SOLVE_FIELDS = ("sigma_min_rel", "residual_rel", "solver", "iterations", "pattern_settled", "normal_residual_rel")
+UNRESOLVED = "rank deficiency of {} left unresolved: the minimum-norm solution is wrong in those directions"
+
+
+def layer_status(report: LayerReport, solve: LayerSolve) -> tuple[Status, str]:
+    """Grade one solved layer (thresholds in the module docstring)."""
+    broken = non_finite(solve.x)
+    residual = report.residual_rel
+    if broken or residual is None or not math.isfinite(residual):
+        return "failed", broken or "the residual is NaN or Inf: the solve broke down"
+    reasons = []
+    if solve.converged is False:
+        reasons.append(
+            f"PCG not converged: normal residual {report.normal_residual_rel:.1e} > {CONVERGED_FACTOR:.0e} x "
+            f"attack.tol after {report.iterations} iterations (attack.max_iter)"
+        )
+    if residual >= CONSISTENT_RESIDUAL:
+        reasons.append(
+            f"residual too large: {residual:.1e} >= {CONSISTENT_RESIDUAL:.0e} (noisy or inconsistent update)"
+        )
+    if report.pattern_settled is False:
+        reasons.append("activation pattern not settled in the joint null-space solve")
+    elif report.pattern_settled is None and report.rank_deficiency is None:
+        reasons.append("rank not measured (attack.rank, attack.rank_max_unknowns): the solution may not be unique")
+    if report.rank_deficiency:
+        reasons.append(UNRESOLVED.format(report.rank_deficiency))
+    return ("approximate" if reasons else "exact"), join(reasons)
+
+
+def run_status(layers: list[LayerReport], clamped: bool) -> tuple[Status, str]:
+    """The run's grade: its worst layer, with every layer's reason; a clamped output scalar is approximate too."""
+    reasons = [f"layer {r.index}: {r.status_reason}" for r in layers if r.status != "exact"]
+    if clamped:
+        reasons.insert(0, "output scalar clamped to the logistic minimum (noise pushed <w, dL/dw> out of range)")
+    status = worst([r.status for r in layers] + (["approximate"] if clamped else []))
+    return status, join(reasons)
 
 
 def layer_report(layer: RGAPLayer, solve: LayerSolve, plan: LayerPlan | None, time_s: float) -> LayerReport:
@@ -45,6 +94,7 @@ def layer_report(layer: RGAPLayer, solve: LayerSolve, plan: LayerPlan | None, ti
         note=note,
         **{name: getattr(solve, name) for name in SOLVE_FIELDS},
     )
+    report.status, report.status_reason = layer_status(report, solve)
     iterations = f", {report.iterations} iterations" if report.iterations else ""
     residual = f", residual {report.residual_rel:.1e}" if report.residual_rel is not None else ""
     log.info("layer %d (%s): %s%s%s, %.2f s", report.index, report.layer, report.solver, iterations, residual,
@@ -52,6 +102,13 @@ def layer_report(layer: RGAPLayer, solve: LayerSolve, plan: LayerPlan | None, ti
     return report
 
 
-def completed_below(report: LayerReport, lower: int) -> LayerReport:
-    """The deficient layer's record once the layer below has solved its null space."""
-    return dataclasses.replace(report, note=f"{report.note}; completed jointly with layer {lower} below")
+def completed_below(report: LayerReport, lower: LayerReport) -> LayerReport:
+    """The deficient layer's record once the layer below has solved its null space: its deficiency is resolved
+    when the joint solve's pattern settled, and stays the reason otherwise."""
+    note = f"{report.note}; completed jointly with layer {lower.index} below"
+    if not lower.pattern_settled:
+        return dataclasses.replace(report, note=note)
+    unresolved = UNRESOLVED.format(report.rank_deficiency)
+    reasons = [r for r in report.status_reason.split("; ") if r and r != unresolved]
+    status = report.status if report.status == "failed" else "approximate" if reasons else "exact"
+    return dataclasses.replace(report, note=note, status=status, status_reason=join(reasons))

@@ -36,6 +36,8 @@ class LayerSolve:
     sigma_min_rel: float | None = None  # smallest / largest singular value of the scaled system
     null_basis: Tensor | np.ndarray | None = None  # (n, n - rank) undetermined directions, when measured
     iterations: int | None = None  # iterative solvers only
+    normal_residual_rel: float | None = None  # iterative solvers: where PCG stopped
+    converged: bool | None = None  # iterative solvers: whether PCG reached its tolerance (None: a direct solve)
     # joint null-space solve only: the corrected input of the deficient layer above, and whether its LeakyReLU
     # pattern settled with a solution that fits every equation of both layers
     x_upper: Tensor | None = None

@@ -12,6 +12,10 @@ from rgap_bench.linalg.resources import cpu_threads, dense_bytes, solve_threads
 
 log = logging.getLogger(__name__)
 
+# PCG counts as converged while its normal residual is within this factor of attack.tol: float rounding keeps the
+# last digits from being reached on well-posed layers, a stall far above it means an ill-posed (deficient) layer.
+CONVERGED_FACTOR = 1e3
+
 
 def solve_pcg(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> LayerSolve:
     layer, system, weight = problem.layer, problem.system, problem.weight
@@ -20,7 +24,8 @@ def solve_pcg(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> L
         result = pcg(
             system.normal, system.normal_rhs(), BlockJacobi(system), tol=options.tol, max_iter=options.max_iter
         )
-    if result.normal_residual_rel > 1e3 * options.tol:
+    converged = result.normal_residual_rel <= CONVERGED_FACTOR * options.tol
+    if not converged:
         log.warning(
             "layer %d: PCG stopped at relative normal residual %.1e after %d iterations (attack.max_iter); "
             "the layer may be rank-deficient (check with python -m rgap_bench.rank). To measure its rank and "
@@ -30,5 +35,10 @@ def solve_pcg(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> L
         )  # fmt: skip
     x = result.x
     return LayerSolve(
-        x.reshape(layer.in_shape), system.residual_rel(x), "pcg-blockjacobi", iterations=result.iterations
+        x.reshape(layer.in_shape),
+        system.residual_rel(x),
+        "pcg-blockjacobi",
+        iterations=result.iterations,
+        normal_residual_rel=result.normal_residual_rel,
+        converged=converged,
     )

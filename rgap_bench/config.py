@@ -32,7 +32,9 @@ from rgap_bench.defenses.laplace import LaplaceNoise
 from rgap_bench.defenses.pruning import Pruning
 from rgap_bench.defenses.quantization import Quantization
 from rgap_bench.fl.client import FedSGDOptions
+from rgap_bench.fl.data import FLOptions
 from rgap_bench.fl.fedavg import FedAvgOptions
+from rgap_bench.fl.server import PretrainOptions
 from rgap_bench.logging.wandb_logger import WandbOptions
 from rgap_bench.models.paper import CNN6dOptions, FCN3Options, PaperModelOptions
 
@@ -109,25 +111,13 @@ class FedAvgClientConfig(FedAvgOptions):
 
 
 @dataclass
-class PretrainConfig:
-    """Server state before the attacked round: `epochs: 0` attacks the freshly initialised model."""
-
-    epochs: int = 0
-    lr: float = 0.05
-    momentum: float = 0.9
-    batch_size: int = 16
-    checkpoint: str | None = None  # a state_dict path: loaded if it exists, else written; null = <run dir>
-    exclude_private: bool = True  # keep the attacked sample(s) out of the server's training data
+class PretrainConfig(PretrainOptions):
+    """`pretrain.*`: the server's pretraining options (validated where they are used, `rgap_bench.fl.server`)."""
 
 
 @dataclass
-class FLConfig:
-    """Federation around the attacked client: how the data plugin's dataset is split among clients."""
-
-    num_clients: int = 1
-    partition: str = "iid"  # iid | dirichlet
-    alpha: float = 0.5  # Dirichlet concentration over classes (small = each client holds few classes)
-    client: int = 0  # the attacked client; with num_clients > 1 its private batch comes from its own shard
+class FLConfig(FLOptions):
+    """`fl.*`: the federation's options (validated where they are used, `rgap_bench.fl.round`)."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rgap_bench.attacks.base import Attack
-from rgap_bench.errors import RGapBenchError, UnsupportedModelError, root_cause
+from rgap_bench.errors import ConfigError, RGapBenchError, UnsupportedModelError, root_cause
 from rgap_bench.fl.round import run_client_round, saved_record
 from rgap_bench.fl.updates import as_gradient
 from rgap_bench.logging import (
@@ -49,9 +50,15 @@ log = logging.getLogger(__name__)
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RGapBenchError(f"device={name} was requested but no CUDA device is available; use device=cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"device={name} is not a device name torch knows; use device=cpu, cuda, cuda:N or auto"
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was requested but no CUDA device is available; use device=cpu")
+    return device
 
 
 def _run_description(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
@@ -165,8 +172,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any] | None:
         if multirun:
             log.error("job failed, the sweep goes on: %s", message, exc_info=not isinstance(cause, RGapBenchError))
             return None
-        if isinstance(cause, RGapBenchError):
-            log.error("%s", message)
+        if isinstance(cause, RGapBenchError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            log.error("%s", message)  # the suite's own errors say what to do: one line, no traceback
             sys.exit(1)
         raise
     logger.finish(exit_code=0)

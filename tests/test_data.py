@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from rgap_bench.config import SCHEMAS
 from rgap_bench.data import (
     CIFAR10Folder,
+    DatasetFormatError,
     DatasetNotFoundError,
     EmbeddedDigits,
     EmbeddedPhotos,
@@ -234,7 +235,7 @@ def test_cifar10_refuses_pickles_with_code(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Path("x"), b"labels": [0]}))
-    with pytest.raises(pickle.UnpicklingError, match="disallowed global"):
+    with pytest.raises(DatasetFormatError, match="disallowed global"):
         CIFAR10Folder(name="cifar10", root=str(tmp_path))
 
 

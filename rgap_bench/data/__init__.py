@@ -1,6 +1,7 @@
 """Dataset plugins of the `data` config group; each yields the client's private batch as a `PrivateBatch`."""
 
 from rgap_bench.data.base import (
+    DatasetFormatError,
     DatasetNotFoundError,
     ImageDataset,
     ImageSource,
@@ -13,6 +14,7 @@ from rgap_bench.data.photos import EmbeddedPhotos
 
 __all__ = [
     "CIFAR10Folder",
+    "DatasetFormatError",
     "DatasetNotFoundError",
     "EmbeddedDigits",
     "EmbeddedPhotos",

@@ -52,6 +52,19 @@ def dataset_not_found(
     )
 
 
+class DatasetFormatError(RGapBenchError, ValueError):
+    """A disk dataset's file is there but unreadable (truncated, corrupt, or another format)."""
+
+
+def dataset_format_error(dataset: str, path: Path, problem: object, fix: str) -> DatasetFormatError:
+    """One line naming the file, what is wrong with it and how to get a good copy."""
+    detail = " ".join(str(problem).split()) or type(problem).__name__
+    return DatasetFormatError(
+        f"{dataset} file '{path}' cannot be read ({detail}): it is truncated, corrupt or not in the expected "
+        f"format. {fix}"
+    )
+
+
 def to_float_images(images: Tensor, channels: int, image_size: int) -> Tensor:
     """Turn a (B, C, H, W) uint8 or float batch into float32 in [0, 1] with the requested channels and size.
 
@@ -116,6 +129,8 @@ class DataOptions:
             raise ConfigError(f"data.image_size must be >= 1, got {self.image_size}")
         if self.channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 or 3, got {self.channels}")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
 
 
 class ImageSource(ABC):
@@ -166,8 +181,9 @@ class ImageSource(ABC):
     def _check_batch_size(self) -> None:
         n = len(self.dataset)
         if not 1 <= self.batch_size <= n:
-            raise ValueError(
-                f"batch_size must be between 1 and the dataset size {n} ({self.name}), got {self.batch_size}"
+            raise ConfigError(
+                f"data.batch_size must be between 1 and the dataset size {n} ({self.name}), got {self.batch_size}; "
+                "lower data.batch_size"
             )
 
     def batch_indices(self, seed: int) -> Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rgap_bench.data.base import DataOptions, ImageSource, dataset_not_found
+from rgap_bench.data.base import DataOptions, ImageSource, dataset_format_error, dataset_not_found
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,33 @@ class _CifarUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"CIFAR-10 file references disallowed global {module}.{name}") from None
 
 
+REFETCH = f"Extract a fresh copy of {FOLDER} from cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/)."
+
+
 def _read_pickle(path: Path) -> dict[bytes, Any]:
-    with path.open("rb") as f:
-        return _CifarUnpickler(f, encoding="bytes").load()
+    """The pickled dict of one CIFAR-10 file; a truncated or foreign file is one `DatasetFormatError`."""
+    try:
+        with path.open("rb") as f:
+            content = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise dataset_format_error("CIFAR-10", path, exc, REFETCH) from exc
+    if not isinstance(content, dict):
+        raise dataset_format_error("CIFAR-10", path, f"holds a {type(content).__name__}, not a dict", REFETCH)
+    return content
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """Images (N, 3, 32, 32) uint8 and labels of one data/test batch, checked against each other."""
+    batch = _read_pickle(path)
+    try:
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = [int(label) for label in batch[b"labels"]]
+    except (KeyError, ValueError, TypeError) as exc:
+        problem = f"missing key {exc}" if isinstance(exc, KeyError) else exc
+        raise dataset_format_error("CIFAR-10", path, problem, REFETCH) from exc
+    if len(labels) != len(data):
+        raise dataset_format_error("CIFAR-10", path, f"{len(data)} images but {len(labels)} labels", REFETCH)
+    return data, labels
 
 
 def find_cifar_dir(root: str | Path | None, train: bool) -> Path:
@@ -115,11 +139,14 @@ class CIFAR10Folder(ImageSource):
             )
         data, labels = [], []
         for name in names:
-            batch = _read_pickle(folder / name)
-            data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch[b"labels"])
+            images, batch_labels = _read_batch(folder / name)
+            data.append(images)
+            labels.extend(batch_labels)
         if (folder / META_FILE).is_file():
-            self.class_names = [n.decode() for n in _read_pickle(folder / META_FILE)[b"label_names"]]
+            meta = _read_pickle(folder / META_FILE)
+            if b"label_names" not in meta:
+                raise dataset_format_error("CIFAR-10", folder / META_FILE, "no label_names", REFETCH)
+            self.class_names = [n.decode() for n in meta[b"label_names"]]
         images = torch.from_numpy(np.concatenate(data))
         return images, torch.tensor(labels, dtype=torch.int64)
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rgap_bench.data.base import DataOptions, ImageSource, dataset_not_found
+from rgap_bench.data.base import DataOptions, ImageSource, dataset_format_error, dataset_not_found
 
 FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -40,6 +40,17 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) != expected:
         raise ValueError(f"{path}: header promises {expected} bytes for shape {shape}, file has {len(raw)}")
     return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+REFETCH = "Download the IDX files again from a MNIST mirror (gzipped or not) and replace this one."
+
+
+def read_mnist_file(path: Path) -> np.ndarray:
+    """`read_idx` with any failure (truncated, not gzip, not IDX) as one `DatasetFormatError` naming the file."""
+    try:
+        return read_idx(path)
+    except (ValueError, EOFError, OSError) as exc:  # gzip.BadGzipFile is an OSError
+        raise dataset_format_error("MNIST", path, exc, REFETCH) from exc
 
 
 def _find(folder: Path, name: str) -> Path | None:
@@ -90,9 +101,10 @@ class MNISTFolder(ImageSource):
 
     def _load(self) -> tuple[Tensor, Tensor]:
         image_path, label_path = find_mnist_files(self.root, self.train)
-        images, labels = read_idx(image_path), read_idx(label_path)
+        images, labels = read_mnist_file(image_path), read_mnist_file(label_path)
         if images.ndim != 3 or labels.shape != (images.shape[0],):
-            raise ValueError(f"MNIST files disagree: images {images.shape} in {image_path}, labels {labels.shape}")
+            problem = f"images of shape {images.shape} do not match labels of shape {labels.shape} in {label_path}"
+            raise dataset_format_error("MNIST", image_path, problem, REFETCH)
         return torch.from_numpy(images.astype(np.uint8)).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
     def binary_label(self, labels: Tensor) -> Tensor:

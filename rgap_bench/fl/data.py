@@ -7,6 +7,10 @@ classes, large alpha approaches IID).
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
 import lightning as L
 import numpy as np
 import torch
@@ -19,6 +23,33 @@ from rgap_bench.losses import Loss, make_loss
 from rgap_bench.types import PrivateBatch
 
 PARTITIONS = ("iid", "dirichlet")
+
+
+@dataclass
+class FLOptions:
+    """The federation around the attacked client (`fl.*`): how the data plugin's dataset is split among clients."""
+
+    num_clients: int = 1
+    partition: str = "iid"  # iid | dirichlet
+    alpha: float = 0.5  # Dirichlet concentration over classes (small = each client holds few classes)
+    client: int = 0  # the attacked client; with num_clients > 1 its private batch comes from its own shard
+
+    def __post_init__(self) -> None:
+        if self.num_clients < 1:
+            raise ConfigError(f"fl.num_clients must be >= 1 (1 = no federation), got {self.num_clients}")
+        if self.partition not in PARTITIONS:
+            raise ConfigError(f"fl.partition must be one of {PARTITIONS}, got {self.partition!r}")
+        if self.alpha <= 0:
+            raise ConfigError(f"fl.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.client < self.num_clients:
+            raise ConfigError(
+                f"fl.client must be between 0 and fl.num_clients - 1 = {self.num_clients - 1}, got {self.client}"
+            )
+
+
+def fl_options(cfg: Any) -> FLOptions:
+    """Validated options from any object carrying the fields (the `fl` config node, a namespace)."""
+    return FLOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(FLOptions)})
 
 
 def loss_targets(source: ImageSource, labels: Tensor, loss: Loss) -> Tensor:

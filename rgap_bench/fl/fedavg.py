@@ -15,6 +15,8 @@ from rgap_bench.fl.client import FedSGDClient, FedSGDOptions
 from rgap_bench.fl.training import SupervisedModule, fit
 from rgap_bench.types import ClientUpdate, PrivateBatch, UpdateMetadata
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # a larger step size overflows torch's SGD in float32
+
 
 @dataclass
 class FedAvgOptions(FedSGDOptions):
@@ -34,8 +36,11 @@ class FedAvgOptions(FedSGDOptions):
             raise ConfigError(
                 f"client.local_steps and local_epochs must be >= 1, got {self.local_steps}, {self.local_epochs}"
             )
-        if self.lr <= 0 or (self.batch_size is not None and self.batch_size < 1):
-            raise ConfigError(f"client.lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
+        if not 0 < self.lr <= FLOAT32_MAX or (self.batch_size is not None and self.batch_size < 1):
+            raise ConfigError(
+                f"client.lr must be > 0 and finite in float32 (<= {FLOAT32_MAX:.3g}) and client.batch_size >= 1, "
+                f"got {self.lr}, {self.batch_size}"
+            )
 
 
 class FedAvgClient(FedSGDClient):

@@ -18,8 +18,10 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from rgap_bench.data.base import ImageSource
-from rgap_bench.fl.data import FederatedDataModule
+from rgap_bench.errors import ConfigError
+from rgap_bench.fl.data import FederatedDataModule, fl_options
 from rgap_bench.fl.server import pretrain
+from rgap_bench.fl.updates import check_finite
 from rgap_bench.fl.utility import evaluate_utility
 from rgap_bench.logging import write_json
 from rgap_bench.types import ClientContext, ClientUpdate, PrivateBatch
@@ -51,9 +53,32 @@ def saved_record(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def check_input_shape(model: nn.Module, batch: PrivateBatch) -> None:
+    """The model's declared input must be the data's: a mismatch would otherwise surface as a shape error deep
+    inside torch."""
+    expected = getattr(model, "input_shape", None)
+    given = tuple(batch.inputs.shape[1:])
+    if expected is not None and tuple(expected) != given:
+        raise ConfigError(
+            f"model {getattr(model, 'name', '')!r} takes inputs of shape {tuple(expected)} but data={batch.dataset} "
+            f"gives {given}; leave model.in_channels and model.image_size at their defaults (they follow "
+            "data.channels and data.image_size) or set them to match"
+        )
+
+
+def _divergence_hint(cfg: DictConfig, update: ClientUpdate) -> str:
+    """What to change when the client's own update is not finite: the step sizes that could have diverged."""
+    rates = ["client.lr"] if update.metadata.kind == "weight_delta" else []
+    rates += ["pretrain.lr"] if cfg.pretrain.epochs > 0 else []
+    if rates:
+        return f"training diverged: lower {' or '.join(rates)}"
+    return "the model's forward or backward pass overflowed: check the model and the data"
+
+
 def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: torch.device) -> ClientRound:
     reports: dict[str, Any] = {}
     dataset_size = len(data.dataset)
+    fl_options(cfg.fl)  # refuse a bad fl.* setting even when there is no federation to use it
     if cfg.fl.num_clients > 1:
         federation = FederatedDataModule(
             data, cfg.fl.num_clients, cfg.fl.partition, cfg.fl.alpha, cfg.seed, client=cfg.fl.client
@@ -69,15 +94,19 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
 
     torch.manual_seed(cfg.seed)  # the model's initial weights depend on the seed only, not on the data
     model = instantiate(cfg.model).to(device)
+    check_input_shape(model, batch)
     client = instantiate(cfg.client, model=model).to(device)
     reports["pretrain"] = pretrain(model, cfg.pretrain, data, client.loss, batch.indices, run_dir, device, cfg.seed)
 
     targets = client.targets(batch)
     update = client.compute_update(batch, targets)
+    check_finite(update, f"the {cfg.client.name} client's update", _divergence_hint(cfg, update))
     defense = instantiate(cfg.defense)
     context = ClientContext(model, batch.inputs.to(device), targets, client.loss, dataset_size)
     update = defense(update, context)
     report = defense.report()
+    nodes = ", ".join(f"defense.{name}.*" for name in report["name"].split("+"))
+    check_finite(update, f"the update after defence {report['name']}", f"check its parameters ({nodes})")
     reports["defense_report"] = report
     if cfg.defense.utility:
         utility = evaluate_utility(model, cfg.defense, data, client.loss, batch.indices, device, cfg.seed)

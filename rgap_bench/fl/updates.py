@@ -9,8 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from rgap_bench.errors import InvalidUpdateError
 from rgap_bench.types import ClientUpdate
+
+
+def check_finite(update: ClientUpdate, source: str, fix: str) -> None:
+    """Refuse an update with NaN/Inf before anyone scores it: a number derived from it would not be a measurement.
+
+    `source` says who produced it (the client, a defence), `fix` what setting to change.
+    """
+    bad = [name for name, t in update.tensors.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise InvalidUpdateError(f"{source} contains NaN or Inf in {bad[0]}{more}; {fix}")
 
 
 def as_gradient(update: ClientUpdate) -> ClientUpdate:

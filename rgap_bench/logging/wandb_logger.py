@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rgap_bench.logging.base import RunLogger, Scalar
 from rgap_bench.options import build_options
+
+log = logging.getLogger(__name__)
+
+MODES = ("offline", "online", "disabled")
 
 
 @dataclass
@@ -29,7 +36,8 @@ class WandbRunLogger(RunLogger):
 
     ``WANDB_MODE`` in the environment wins over the configured mode, so a user can go online (or disable
     W&B) without editing configs. ``reinit="create_new"`` gives each Hydra multirun job in one process its own
-    run.
+    run. A misconfiguration (an unknown mode, an online start that fails: no API key, no network, an unknown entity)
+    costs a warning and the run is logged offline instead, to be synced later.
     """
 
     def __init__(self, options: WandbOptions | None = None, /, **overrides: Any) -> None:
@@ -47,21 +55,39 @@ class WandbRunLogger(RunLogger):
         return os.environ.get("WANDB_MODE") or self.mode
 
     def _start(self, run_dir: Path, config: dict, run_name: str) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mode = self.resolved_mode
+        if mode not in MODES:
+            origin = "WANDB_MODE" if os.environ.get("WANDB_MODE") else "logger.mode"
+            log.warning("W&B mode %r (%s) is not one of %s; logging offline instead", mode, origin, ", ".join(MODES))
+            mode = "offline"
+        try:
+            self._run = self._init(run_dir, config, run_name, mode)
+        except Exception as exc:
+            if mode != "online":
+                raise
+            log.warning(
+                "W&B could not start online (%s: %s); logging offline instead, upload later with `wandb sync %s`",
+                type(exc).__name__, " ".join(str(exc).split())[:200], run_dir / "wandb",
+            )  # fmt: skip
+            self._run = self._init(run_dir, config, run_name, "offline")
+
+    def _init(self, run_dir: Path, config: dict, run_name: str, mode: str) -> Any:
         import wandb
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._run = wandb.init(
-            dir=str(run_dir),
-            project=self.project,
-            entity=self.entity,
-            group=self.group,
-            tags=self.tags,
-            name=run_name,
-            config=config,
-            mode=self.resolved_mode,
-            reinit="create_new",
-            settings=wandb.Settings(silent=True, console="off"),
-        )
+        with _wandb_mode(mode):
+            return wandb.init(
+                dir=str(run_dir),
+                project=self.project,
+                entity=self.entity,
+                group=self.group,
+                tags=self.tags,
+                name=run_name,
+                config=config,
+                mode=mode,
+                reinit="create_new",
+                settings=wandb.Settings(silent=True, console="off"),
+            )
 
     def _log_summary(self, metrics: dict[str, Scalar]) -> None:
         numeric = {
@@ -91,6 +117,20 @@ class WandbRunLogger(RunLogger):
         if self._run is not None:
             run, self._run = self._run, None
             run.finish(exit_code=exit_code)
+
+
+@contextmanager
+def _wandb_mode(mode: str) -> Iterator[None]:
+    """WANDB_MODE set to `mode` while W&B starts: wandb reads the variable itself and would refuse a bad one."""
+    before = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = before
 
 
 def _cell(value: Any) -> Any:

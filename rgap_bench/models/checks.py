@@ -16,6 +16,8 @@ from rgap_bench.models.layers import SequentialNet
 
 SUPPORTED_LAYERS = "bias-free nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear"
 SUPPORTED_ACTIVATIONS = "LeakyReLU with a positive slope, or Identity"
+# What a user can do instead when R-GAP cannot walk a model: the matching attacks only need autograd.
+ALTERNATIVE = "or attack this model with gradient matching (attack=ig, attack=dlg), which needs no invertible layers"
 
 
 @dataclass(frozen=True)
@@ -41,19 +43,21 @@ def activation_slope(module: nn.Module, where: str) -> float:
     }.get(type(module), "R-GAP needs a piecewise-linear, invertible, positively homogeneous activation")
     raise UnsupportedModelError(
         f"{where}: activation {module.__class__.__name__} is not supported by R-GAP: {reason}. "
-        f"Supported: {SUPPORTED_ACTIVATIONS}."
+        f"Supported: {SUPPORTED_ACTIVATIONS}; {ALTERNATIVE}."
     )
 
 
 def _check_op(op: nn.Module, where: str) -> None:
     if not isinstance(op, nn.Conv2d | nn.Linear):
-        raise UnsupportedModelError(f"{where} is not supported; R-GAP supports {SUPPORTED_LAYERS}")
+        raise UnsupportedModelError(f"{where} is not supported; R-GAP supports {SUPPORTED_LAYERS}; {ALTERNATIVE}")
     if op.bias is not None:
-        raise UnsupportedModelError(f"{where} has a bias; R-GAP as published needs bias-free layers. Set bias: false")
+        raise UnsupportedModelError(
+            f"{where} has a bias; R-GAP as published needs bias-free layers. Set bias: false, {ALTERNATIVE}"
+        )
     if isinstance(op, nn.Conv2d) and (
         op.groups != 1 or tuple(op.dilation) != (1, 1) or op.padding_mode != "zeros" or isinstance(op.padding, str)
     ):
-        raise UnsupportedModelError(f"{where}: R-GAP supports {SUPPORTED_LAYERS}")
+        raise UnsupportedModelError(f"{where}: R-GAP supports {SUPPORTED_LAYERS}; {ALTERNATIVE}")
 
 
 def check_model(model: nn.Module) -> list[CheckedBlock]:
@@ -74,7 +78,8 @@ def check_model(model: nn.Module) -> list[CheckedBlock]:
     head = blocks[-1].op
     if not isinstance(head, nn.Linear) or head.out_features != 1:
         raise UnsupportedModelError(
-            f"R-GAP's output step needs a single-logit nn.Linear head (binary logistic loss); the last layer is {head}"
+            "R-GAP's output step needs a single-logit nn.Linear head (binary logistic loss); the last layer is "
+            f"{head}; give the model a final {{kind: linear, out: 1}} layer, {ALTERNATIVE}"
         )
     return blocks
 

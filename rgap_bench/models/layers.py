@@ -89,35 +89,52 @@ class SequentialNet(nn.Module):
         return x.flatten(1)
 
 
+def check_spec(i: int, name: str, spec: LayerSpec) -> None:
+    """Refuse a layer spec torch would reject with an obscure error (or accept and then divide by zero)."""
+    where = f"layer {i} of {name!r}"
+    if spec.kind not in ("conv", "linear"):
+        raise ConfigError(f"{where}: kind must be 'conv' or 'linear', got {spec.kind!r}")
+    if spec.out < 1:
+        raise ConfigError(f"{where}: out must be >= 1, got {spec.out}")
+    if spec.kind == "conv" and (spec.kernel < 1 or spec.stride < 1 or spec.padding < 0):
+        raise ConfigError(
+            f"{where}: a conv needs kernel >= 1, stride >= 1 and padding >= 0, got kernel {spec.kernel}, "
+            f"stride {spec.stride}, padding {spec.padding}"
+        )
+    if spec.activation not in ACTIVATIONS:
+        raise ConfigError(f"{where}: unknown activation {spec.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+
 def build_from_specs(name: str, input_shape: tuple[int, int, int], specs: list[LayerSpec]) -> SequentialNet:
     """Turn a list of specs into a network, checking sizes so a bad spec fails with a readable message."""
     if not specs:
-        raise ConfigError(f"model {name!r} has no layers; give at least one layer spec")
+        raise ConfigError(f"model {name!r} has no layers; give at least one layer spec, e.g. {{kind: linear, out: 1}}")
     channels, height, width = input_shape
     features = None  # set once a linear layer has flattened the input
     blocks = []
     for i, spec in enumerate(specs):
+        check_spec(i, name, spec)
         if spec.kind == "conv":
             if features is not None:
-                raise ConfigError(f"layer {i} of {name!r}: a conv layer cannot follow a linear layer")
+                raise ConfigError(
+                    f"layer {i} of {name!r}: a conv layer cannot follow a linear layer; put every conv layer first"
+                )
+            seen = f"{height}x{width}"
             height = (height + 2 * spec.padding - spec.kernel) // spec.stride + 1
             width = (width + 2 * spec.padding - spec.kernel) // spec.stride + 1
             if height < 1 or width < 1:
                 raise ConfigError(
                     f"layer {i} of {name!r}: kernel {spec.kernel}, stride {spec.stride}, padding {spec.padding} "
-                    f"leave no output pixels for this input; use a larger image or a smaller kernel/stride"
+                    f"leave no output pixels for its {seen} input; use a larger "
+                    "data.image_size or a smaller kernel/stride"
                 )
             op: nn.Conv2d | nn.Linear = nn.Conv2d(
                 channels, spec.out, spec.kernel, spec.stride, spec.padding, bias=spec.bias
             )
             channels = spec.out
-        elif spec.kind == "linear":
+        else:
             in_features = features if features is not None else channels * height * width
             op = nn.Linear(in_features, spec.out, bias=spec.bias)
             features = spec.out
-        else:
-            raise ConfigError(f"layer {i} of {name!r}: kind must be 'conv' or 'linear', got {spec.kind!r}")
-        if spec.out < 1:
-            raise ConfigError(f"layer {i} of {name!r}: out must be >= 1, got {spec.out}")
         blocks.append(Block(op, make_activation(spec.activation, spec.negative_slope)))
     return SequentialNet(name, input_shape, blocks)

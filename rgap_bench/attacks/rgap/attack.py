@@ -41,7 +41,8 @@ def loss_scale(meta: UpdateMetadata) -> int:
     for it), and its reduction says by how much the shared gradient was divided (the output scalar is scaled back)."""
     if meta.loss.name != "binary_logistic":
         raise UnsupportedModelError(
-            f"R-GAP's output-layer step is derived for the binary logistic loss; got {meta.loss.name!r}"
+            f"R-GAP's output-layer step is derived for the binary logistic loss; got {meta.loss.name!r}. Use "
+            "client.loss=binary_logistic, or a gradient-matching attack (attack=ig) for other losses"
         )
     return meta.batch_size if meta.loss.reduction == "mean" else 1
 

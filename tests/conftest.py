@@ -23,6 +23,7 @@ from rgap_bench.data.photos import EmbeddedPhotos
 from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.linalg.constraints import ConvGeometry
 from rgap_bench.linalg.operators import ConvSystem
+from rgap_bench.models import build_convnet
 from rgap_bench.types import ClientUpdate, PrivateBatch
 
 register_schemas()
@@ -136,3 +137,23 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _deficient_over_surplus(seed: int) -> torch.nn.Module:
+    """conv 1>8 (surplus equations) below conv 8>2 s2 (340 of its 512 input directions free), on 8x8 gray."""
+    torch.manual_seed(seed)
+    return build_convnet(
+        [
+            {"kind": "conv", "out": 8, "kernel": 3, "stride": 1, "padding": 1},
+            {"kind": "conv", "out": 2, "kernel": 3, "stride": 2, "padding": 1},
+            {"kind": "linear", "out": 1, "activation": "identity"},
+        ],
+        in_channels=1,
+        image_size=8,
+    )
+
+
+@pytest.fixture(scope="session")
+def deficient_over_surplus() -> Callable[[int], torch.nn.Module]:
+    """`deficient_over_surplus(seed)`: the toy net whose deficient conv is completed jointly with the conv below."""
+    return _deficient_over_surplus

@@ -114,8 +114,8 @@ def test_hgap_reaches_every_rgap_and_matching_option(hydra_conf):
         "dense",
         50,
     )
-    assert attack.matcher.settings.box == (0.0, 1.0) and attack.matcher.label_mode == "infer"
-    assert attack.matcher.restarts == 1 + cfg.attack.random_restarts
+    assert attack.matcher.settings.box == (0.0, 1.0) and attack.matcher.options.labels == "infer"
+    assert attack.matcher.options.restarts == 1 + cfg.attack.random_restarts
     with pytest.raises(ConfigCompositionException, match="rcnod"):
         compose(config_name="config", overrides=["attack=hgap", "attack.rgap.rcnod=1e-9"])
     with pytest.raises(ConfigCompositionException, match="max_iteration"):

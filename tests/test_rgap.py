@@ -190,27 +190,15 @@ def test_noise_beyond_the_logistic_range_is_attacked_not_refused(make_update, ph
     assert torch.isfinite(rec.inputs).all()
 
 
-def _deficient_over_surplus(seed: int) -> nn.Module:
-    """conv 1>8 (surplus equations) below conv 8>2 s2 (340 of its 512 input directions free), on 8x8 gray."""
-    torch.manual_seed(seed)
-    return build_convnet(
-        [
-            {"kind": "conv", "out": 8, "kernel": 3, "stride": 1, "padding": 1},
-            {"kind": "conv", "out": 2, "kernel": 3, "stride": 2, "padding": 1},
-            {"kind": "linear", "out": 1, "activation": "identity"},
-        ],
-        in_channels=1,
-        image_size=8,
-    )
-
-
 CONV2_NULL = conv_counts((8, 8, 8), 2, (3, 3), (2, 2), (1, 1)).predicted_deficiency  # conv2 of the model above
 
 
 @pytest.mark.parametrize("seed", [0, 2])
-def test_null_space_of_a_deficient_layer_is_carried_into_the_layer_below(seed, make_update, photo_batch, psnr):
+def test_null_space_of_a_deficient_layer_is_carried_into_the_layer_below(
+    seed, make_update, photo_batch, psnr, deficient_over_surplus
+):
     """conv2 leaves 340 directions open; conv1's surplus weight equations pin most of them down jointly."""
-    model = _deficient_over_surplus(seed)
+    model = deficient_over_surplus(seed)
     batch = photo_batch(image_size=8, channels=1, index=seed)
     update = make_update(model, batch)
     plain = attack(model, update, rank="exact", carry_null_space=False)
@@ -221,10 +209,10 @@ def test_null_space_of_a_deficient_layer_is_carried_into_the_layer_below(seed, m
     assert psnr(carried.inputs, batch.inputs) > psnr(plain.inputs, batch.inputs) + 5
 
 
-def test_auto_goes_dense_where_the_bound_predicts_a_null_space(make_update, photo_batch, psnr):
+def test_auto_goes_dense_where_the_bound_predicts_a_null_space(make_update, photo_batch, psnr, deficient_over_surplus):
     """rank=auto: a layer above rank_max_unknowns still gets the dense path (and the joint solve below it) when
     the counting bound predicts free directions and it fits under null_max_unknowns."""
-    model = _deficient_over_surplus(0)
+    model = deficient_over_surplus(0)
     batch = photo_batch(image_size=8, channels=1, index=0)
     update = make_update(model, batch)
     carried = attack(model, update, rank="auto", rank_max_unknowns=100, null_max_unknowns=10_000)

@@ -21,20 +21,6 @@ from rgap_bench.run_metrics import RunMetrics
 from rgap_bench.types import LayerReport, Reconstruction
 
 
-def _deficient_over_surplus(seed: int) -> torch.nn.Module:
-    """conv 1>8 below conv 8>2 s2 (340 of its 512 input directions free), on 8x8 gray."""
-    torch.manual_seed(seed)
-    return build_convnet(
-        [
-            {"kind": "conv", "out": 8, "kernel": 3, "stride": 1, "padding": 1},
-            {"kind": "conv", "out": 2, "kernel": 3, "stride": 2, "padding": 1},
-            {"kind": "linear", "out": 1, "activation": "identity"},
-        ],
-        in_channels=1,
-        image_size=8,
-    )
-
-
 def _convnet(image_size: int = 8) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_convnet(
@@ -68,8 +54,10 @@ def test_an_unknown_rank_is_not_called_exact(make_update, photo_batch):
     assert "rank not measured" in rec.layers[0].status_reason and rec.status == "approximate"
 
 
-def test_unresolved_rank_deficiency_is_approximate_and_a_settled_joint_solve_resolves_it(make_update, photo_batch):
-    model = _deficient_over_surplus(2)
+def test_unresolved_rank_deficiency_is_approximate_and_a_settled_joint_solve_resolves_it(
+    make_update, photo_batch, deficient_over_surplus
+):
+    model = deficient_over_surplus(2)
     update = make_update(model, photo_batch(image_size=8, channels=1, index=2))
     plain = RGAP(rank="exact", carry_null_space=False)(model, update)
     assert plain.layers[1].status == "approximate" and "340 left unresolved" in plain.layers[1].status_reason
@@ -79,8 +67,8 @@ def test_unresolved_rank_deficiency_is_approximate_and_a_settled_joint_solve_res
     assert [layer.status for layer in carried.layers] == ["exact"] * 3 and carried.status == "exact"
 
 
-def test_a_joint_solve_whose_pattern_does_not_settle_says_so(make_update, photo_batch):
-    model = _deficient_over_surplus(0)
+def test_a_joint_solve_whose_pattern_does_not_settle_says_so(make_update, photo_batch, deficient_over_surplus):
+    model = deficient_over_surplus(0)
     rec = RGAP(rank="exact")(model, make_update(model, photo_batch(image_size=8, channels=1, index=0)))
     assert rec.layers[0].pattern_settled is False
     assert "activation pattern not settled" in rec.layers[0].status_reason

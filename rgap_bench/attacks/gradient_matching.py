@@ -101,28 +101,15 @@ class GradientMatchingAttack:
     def __init__(self, options: MatchingOptions | None = None, /, **overrides: Any) -> None:
         self.options = opts = build_options(self.Options, options, overrides)
         self.name = opts.name
-        self.distance = opts.distance
-        self.tv_weight = opts.tv_weight
-        self.restarts = opts.restarts
-        self.label_mode = opts.labels
-        self.init = opts.init
-        self.seed = opts.seed
-        self.dtype = opts.dtype
+        loop_keys = ("optimizer", "lr", "max_iterations", "schedule", "tolerance", "signed", "progress")
         self.settings = LoopSettings(
-            optimizer=opts.optimizer,
-            lr=opts.lr,
-            max_iterations=opts.max_iterations,
-            schedule=opts.schedule,
-            tolerance=opts.tolerance,
-            signed=opts.signed,
-            box=(0.0, 1.0) if opts.box else None,
-            progress=opts.progress,
+            **{key: getattr(opts, key) for key in loop_keys}, box=(0.0, 1.0) if opts.box else None
         )
 
     # ------------------------------------------------------------------------------------------------ public
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
-        target = MatchingTarget.from_update(model, update, self.dtype)
+        target = MatchingTarget.from_update(model, update, self.options.dtype)
         return self.reconstruct(target)
 
     def reconstruct(self, target: MatchingTarget, init: Tensor | None = None) -> Reconstruction:
@@ -130,10 +117,10 @@ class GradientMatchingAttack:
 
         `init` replaces the random start of the first restart (H-GAP starts from the R-GAP solution).
         """
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.options.seed)
         candidates = []
         for hypothesis in self._hypotheses(target):
-            for restart in range(self.restarts):
+            for restart in range(self.options.restarts):
                 start = init if (init is not None and restart == 0) else None
                 candidates.append(self._run(target, hypothesis, restart, generator, start))
         best = min(candidates, key=lambda c: c.distance)
@@ -146,7 +133,7 @@ class GradientMatchingAttack:
             status=status,
             status_reason=reason,
             info={
-                "distance": self.distance,
+                "distance": self.options.distance,
                 "gradient_distance": best.distance,
                 "label_source": best.hypothesis.source,
                 "best_restart": best.restart,
@@ -176,7 +163,7 @@ class GradientMatchingAttack:
     def _hypotheses(self, target: MatchingTarget) -> list[Hypothesis]:
         if target.shared_labels is not None:
             return [Hypothesis(target.shared_labels, "shared")]
-        if self.label_mode == "infer":
+        if self.options.labels == "infer":
             inferred = infer_labels(target)
             if inferred:
                 return [Hypothesis(labels, "inferred") for labels in inferred]
@@ -187,7 +174,7 @@ class GradientMatchingAttack:
         shape = (target.batch_size, *target.input_shape)
         x = (
             torch.rand(shape, generator=generator)
-            if self.init == "uniform"
+            if self.options.init == "uniform"
             else torch.randn(shape, generator=generator)
         )
         return x.to(device=target.device, dtype=target.dtype)
@@ -208,12 +195,12 @@ class GradientMatchingAttack:
         if soft:
             shape = target.loss.soft_label_shape(target.batch_size, target.outputs)
             variables.append(torch.randn(shape, generator=generator).to(target.device, target.dtype).requires_grad_())
-        metric = DISTANCES[self.distance]
+        metric = DISTANCES[self.options.distance]
 
         def objective(v: list[Tensor]) -> tuple[Tensor, Tensor]:
             labels = v[1] if soft else hypothesis.labels
             dist = metric(target.gradients(v[0], labels, soft), target.shared)
-            total = dist + self.tv_weight * total_variation(v[0]) if self.tv_weight else dist
+            total = dist + self.options.tv_weight * total_variation(v[0]) if self.options.tv_weight else dist
             return total, dist
 
         result = optimise(variables, objective, self.settings, f"{self.name} (restart {restart})")
@@ -222,7 +209,7 @@ class GradientMatchingAttack:
             inputs = inputs.clamp(*self.settings.box)
         labels = target.loss.hard_labels(result.variables[1]) if soft else hypothesis.labels
         # The final score is the pure gradient distance at the returned point (no prior), comparable across runs.
-        distance = target.distance(inputs, result.variables[1] if soft else labels, soft, self.distance)
+        distance = target.distance(inputs, result.variables[1] if soft else labels, soft, self.options.distance)
         distance = distance if math.isfinite(distance) else math.inf
         log.info(
             "%s: labels %s (%s), restart %d: gradient distance %.3e after %d evaluations (%s)",

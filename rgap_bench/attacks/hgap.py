@@ -90,7 +90,7 @@ class HGAP:
             return closed
         if deficient:
             log.info("%s: layers %s are rank-deficient; refining by gradient matching", self.name, deficient)
-        target = MatchingTarget.from_update(model, update, self.matcher.dtype)
+        target = MatchingTarget.from_update(model, update, self.matcher.options.dtype)
         init = None
         if closed is not None:
             init = closed.inputs.clamp(0, 1) if self.box else closed.inputs
@@ -101,8 +101,10 @@ class HGAP:
         # Judge both in float64: near an exact solution the float32 matching loss is rounding noise, and it would
         # hand the win to a matched image that is worse than the closed-form one.
         judge = MatchingTarget.from_update(model, update, "float64")
-        rgap_distance = judge.distance(closed.inputs, closed.labels, soft=False, metric=self.matcher.distance)
-        matched_distance = judge.distance(matched.inputs, matched.labels, soft=False, metric=self.matcher.distance)
+        rgap_distance = judge.distance(closed.inputs, closed.labels, soft=False, metric=self.matcher.options.distance)
+        matched_distance = judge.distance(
+            matched.inputs, matched.labels, soft=False, metric=self.matcher.options.distance
+        )
         winner = closed if rgap_distance <= matched_distance else matched
         status, reason = closed.status, closed.status_reason
         if winner is matched:  # graded on the float64 distance it won by

@@ -57,31 +57,24 @@ class FedAvgClient(FedSGDClient):
 
     def __init__(self, model: nn.Module, options: FedAvgOptions | None = None, **overrides: Any) -> None:
         super().__init__(model, options, **overrides)
-        opts = self.options
-        self.local_steps = opts.local_steps
-        self.local_epochs = opts.local_epochs
-        self.lr = opts.lr
-        self.local_batch_size = opts.batch_size
-        self.seed = opts.seed
-        self.precision = opts.precision
 
     def compute_update(self, batch: PrivateBatch, targets: Tensor | None = None) -> ClientUpdate:
         """The weight delta after local training; the global model itself is left untouched."""
         targets = self.targets(batch) if targets is None else targets
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        local = SupervisedModule(copy.deepcopy(self.model), self.loss, self.lr)
-        batch_size = min(self.local_batch_size or batch.batch_size, batch.batch_size)
+        local = SupervisedModule(copy.deepcopy(self.model), self.loss, self.options.lr)
+        batch_size = min(self.options.batch_size or batch.batch_size, batch.batch_size)
         loader = DataLoader(
             TensorDataset(batch.inputs.cpu(), targets.detach().cpu()),
             batch_size=batch_size,
             shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(self.options.seed),
         )
-        if self.local_steps is not None:
-            limits = {"max_steps": self.local_steps, "max_epochs": -1}
+        if self.options.local_steps is not None:
+            limits = {"max_steps": self.options.local_steps, "max_epochs": -1}
         else:
-            limits = {"max_epochs": self.local_epochs}
-        trainer = fit(local, loader, self.model_device, precision=self.precision, **limits)
+            limits = {"max_epochs": self.options.local_epochs}
+        trainer = fit(local, loader, self.model_device, precision=self.options.precision, **limits)
         new = dict(local.model.named_parameters())
         old = dict(self.model.named_parameters())
         delta = {n: (new[n].detach().to(self.model_device) - old[n].detach()).to(old[n].dtype) for n in names}
@@ -94,7 +87,7 @@ class FedAvgClient(FedSGDClient):
             client_loss=local.history[0]["loss"] if local.history else None,
             local_steps=int(trainer.global_step),
             local_epochs=int(trainer.current_epoch),
-            lr=self.lr,
+            lr=self.options.lr,
             local_batch_size=batch_size,
         )
         return ClientUpdate(delta, metadata)

@@ -8,6 +8,8 @@ the plugin (`rgap_bench.options`), the YAML option carries only what differs.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
@@ -36,24 +38,22 @@ from rgap_bench.fl.data import FLOptions
 from rgap_bench.fl.fedavg import FedAvgOptions
 from rgap_bench.fl.server import PretrainOptions
 from rgap_bench.logging.wandb_logger import WandbOptions
+from rgap_bench.models.convnet import ConvNetOptions
+from rgap_bench.models.layers import LayerSpec
 from rgap_bench.models.paper import CNN6dOptions, FCN3Options, PaperModelOptions
 
 # Every defence (conf/defense/<default_name>.yaml): its options become the schema of defense.<default_name>.
 DEFENSES: tuple[type[Defense], ...] = (Clipping, DPSGD, GaussianNoise, LaplaceNoise, Pruning, Quantization)
 
 
-@dataclass
-class LayerSpecConfig:
-    """One layer of a ``model=convnet`` description: a conv or linear op followed by an activation."""
-
-    kind: str = "conv"  # conv | linear
-    out: int = MISSING  # output channels (conv) or features (linear)
-    kernel: int = 3
-    stride: int = 1
-    padding: int = 0
-    activation: str = "leaky_relu"  # leaky_relu | identity | relu | tanh | sigmoid
-    negative_slope: float = 0.2
-    bias: bool = False
+# One layer of a `model=convnet` list: LayerSpec's fields and defaults (`kind` and `out` have none: required).
+LayerSpecConfig = make_dataclass(
+    "LayerSpecConfig",
+    [
+        (f.name, hint, dataclasses.field(default=MISSING if f.default is dataclasses.MISSING else f.default))
+        for f, hint in zip(dataclasses.fields(LayerSpec), typing.get_type_hints(LayerSpec).values(), strict=True)
+    ],
+)
 
 
 @dataclass
@@ -72,12 +72,9 @@ class FCN3Config(FCN3Options):
 
 
 @dataclass
-class ConvNetConfig:
+class ConvNetConfig(ConvNetOptions):
     _target_: str = "rgap_bench.models.convnet.build_convnet"
-    name: str = "convnet"
-    in_channels: int = 3
-    image_size: int = 32
-    layers: list[LayerSpecConfig] = field(default_factory=list)
+    layers: list[LayerSpecConfig] = field(default_factory=list)  # typed, so a misspelt layer key fails at compose
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Every attack, fed a broken update, returns a Reconstruction or raises the suite's own error: never a crash.
+"""Every attack, fed a broken update, returns a graded Reconstruction or raises the suite's own error: never a crash.
 
 Updates are made the way a client makes them on tiny models, then broken once or twice: replaced by noise or scaled
 (1e-320 to 1e300), zeroed, laced with NaN or Inf, a tensor dropped, misshapen, retyped or added, or the public
@@ -25,7 +25,7 @@ from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.errors import RGapBenchError
 from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.models.layers import LayerSpec, build_from_specs
-from rgap_bench.types import ClientUpdate, Reconstruction
+from rgap_bench.types import STATUSES, UNASSESSED, ClientUpdate, Reconstruction
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # toy models only
 
@@ -143,9 +143,15 @@ def check_contract(attack, model: torch.nn.Module, update: ClientUpdate) -> Reco
         assert str(exc).strip(), f"{type(exc).__name__} without a message"
         event(f"raised {type(exc).__name__}")  # --hypothesis-show-statistics: how often each outcome was reached
         return None
-    event("reconstructed" if torch.isfinite(rec.inputs).all() else "reconstructed, not finite")
     assert isinstance(rec, Reconstruction)
     assert rec.inputs.shape == (update.metadata.batch_size, *update.metadata.input_shape)
+    finite = bool(torch.isfinite(rec.inputs).all())
+    event(f"reconstructed, {rec.status}" + ("" if finite else ", not finite"))
+    assert rec.status in STATUSES and rec.status_reason != UNASSESSED
+    assert rec.status == "exact" or rec.status_reason, f"status {rec.status!r} without a reason"
+    assert finite or rec.status == "failed", f"a non-finite reconstruction graded {rec.status!r}"
+    for layer in rec.layers:
+        assert layer.status in STATUSES and layer.status_reason != UNASSESSED
     return rec
 
 

@@ -157,3 +157,13 @@ def _deficient_over_surplus(seed: int) -> torch.nn.Module:
 def deficient_over_surplus() -> Callable[[int], torch.nn.Module]:
     """`deficient_over_surplus(seed)`: the toy net whose deficient conv is completed jointly with the conv below."""
     return _deficient_over_surplus
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Property and fuzz tests (hypothesis) draw the same examples on every run, so a failure in CI reproduces
+    locally; HYPOTHESIS_PROFILE=explore draws fresh ones on every run, to hunt for bugs."""
+    from hypothesis import settings
+
+    settings.register_profile("suite", derandomize=True, deadline=None, database=None, print_blob=True)
+    settings.register_profile("explore", deadline=None, database=None, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from rgap_bench.attacks.matching import MatchingTarget
+from rgap_bench.errors import InvalidUpdateError
 from rgap_bench.losses import BinaryLogistic, CrossEntropy
 
 
@@ -37,7 +38,10 @@ def _head(target: MatchingTarget) -> tuple[Tensor, Tensor | None]:
             bias_name = target.names[i][: -len("weight")] + "bias"
             bias = target.shared[target.names.index(bias_name)] if bias_name in target.names else None
             return grad, bias
-    raise ValueError("no output-layer weight gradient (outputs x features) in the update")
+    raise InvalidUpdateError(
+        f"the update has no gradient of the output layer's weight ({target.outputs} x features) to read labels from; "
+        "share the labels (client.share_labels=true) or send the full gradient"
+    )
 
 
 def _cross_entropy(target: MatchingTarget) -> list[Tensor]:

@@ -15,6 +15,7 @@ from rgap_bench.errors import InvalidUpdateError
 
 U_STAR = 1.2784645427610738  # root of 1 + e^u = u e^u, where f is smallest
 F_MIN = 1.0 - U_STAR  # f(U_STAR) = 1 - U_STAR
+_BRANCH_POINT = math.nextafter(-math.exp(-1.0), 0.0)  # scipy's W is NaN at -1/e itself, finite just above it
 
 
 def logistic_f(u: float) -> float:
@@ -23,6 +24,25 @@ def logistic_f(u: float) -> float:
         e = math.exp(-u)
         return -u * e / (1.0 + e)
     return -u / (1.0 + math.exp(u))
+
+
+def logistic_weight(u: float) -> float:
+    """1 / (1 + e^u) = -dL/du without overflow: that very expression up to u = 700 (so results keep their bits),
+    e^-u beyond, where the two agree to 1e-304."""
+    return 1.0 / (1.0 + math.exp(u)) if u <= 700.0 else math.exp(-u)
+
+
+def _lambertw_lower(x: float) -> float:
+    """W_-1(x) for -1/e <= x < 0. scipy returns NaN or -inf for subnormal x (|x| < ~1e-316, i.e. c that small):
+    there Newton on w + ln(-w) = ln(-x), from its asymptote ln(-x) - ln(-ln(-x)), converges in a few steps."""
+    w = lambertw(x, -1).real
+    if math.isfinite(w):
+        return w
+    log_x = math.log(-x)
+    w = log_x - math.log(-log_x)
+    for _ in range(6):
+        w -= (w + math.log(-w) - log_x) / (1.0 + 1.0 / w)
+    return w
 
 
 def invert_logistic_scalar(c: float) -> list[float]:
@@ -37,5 +57,5 @@ def invert_logistic_scalar(c: float) -> list[float]:
             "produce: the update is not an unperturbed binary-logistic gradient (noise defence, another loss, or a "
             "bias in the output layer)"
         )
-    arg = c * math.exp(-c)
-    return [-c - lambertw(arg, 0).real, -c - lambertw(arg, -1).real]
+    arg = max(c * math.exp(-c), _BRANCH_POINT)  # c just above F_MIN can round onto or past -1/e
+    return [-c - lambertw(arg, 0).real, -c - _lambertw_lower(arg)]

@@ -19,8 +19,9 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from rgap_bench.attacks.metadata import check_batch_size, shared_labels
 from rgap_bench.errors import ConfigError, InvalidUpdateError
-from rgap_bench.losses import Loss
+from rgap_bench.losses import BinaryLogistic, Loss
 from rgap_bench.types import ClientUpdate
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class MatchingTarget:
         meta = update.metadata
         if meta.kind != "gradient":
             raise InvalidUpdateError(f"gradient matching needs a FedSGD gradient; got an update of kind {meta.kind!r}")
+        check_batch_size(meta)
+        if not update.tensors:
+            raise InvalidUpdateError("the update carries no tensors: nothing to match; check what the client sent")
         device = next(iter(update.tensors.values())).device
         work = copy.deepcopy(model).to(device=device, dtype=DTYPES[dtype])
         # The client's mode (dropout, batch-norm statistics) is public metadata; without it, keep the server's.
@@ -103,9 +107,16 @@ class MatchingTarget:
             names.append(name)
             params.append(named[name].requires_grad_(True))
             shared.append(grad.detach().to(device=device, dtype=DTYPES[dtype]))
-        with torch.no_grad():
-            outputs = int(work(torch.zeros((1, *meta.input_shape), device=device, dtype=DTYPES[dtype])).shape[1])
-        labels = None if meta.labels is None else meta.labels.reshape(-1).to(device).long()
+        try:
+            with torch.no_grad():
+                outputs = int(work(torch.zeros((1, *meta.input_shape), device=device, dtype=DTYPES[dtype])).shape[1])
+        except RuntimeError as exc:
+            raise InvalidUpdateError(
+                f"the model cannot take inputs of the update's shape {tuple(meta.input_shape)} ({exc}); the update "
+                "was made for another model or data set"
+            ) from exc
+        labels = shared_labels(meta, 2 if isinstance(meta.loss, BinaryLogistic) else outputs)
+        labels = None if labels is None else labels.to(device)
         return cls(
             work, names, params, shared, meta.loss, meta.batch_size, tuple(meta.input_shape),
             outputs, labels,

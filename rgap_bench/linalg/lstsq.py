@@ -8,6 +8,7 @@ Squaring the condition number costs accuracy; a few refinement steps against the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ import torch
 
 from rgap_bench.linalg.constraints import ConstraintBlock
 from rgap_bench.linalg.spectrum import factor_normal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +70,22 @@ def _dense_factor(
     return solve, factor.rank, factor.sigma_min_rel, factor.label, null
 
 
+def _sparse_lu(normal: sp.csc_matrix) -> spla.SuperLU | None:
+    """Sparse LU of the normal matrix, or None when it is exactly singular (a rank-deficient layer: LU has no
+    minimum-norm solution, the dense factorisation with its rank has)."""
+    n = normal.shape[0]
+    try:
+        return spla.splu(normal.astype(np.float64), permc_spec="COLAMD")
+    except MemoryError as exc:
+        raise MemoryError(
+            f"sparse LU of a {n}x{n} normal matrix ran out of memory (the per-channel gradient blocks K^T K are "
+            "dense); use attack.solver=iterative or auto"
+        ) from exc
+    except RuntimeError:  # scipy: "Factor is exactly singular"
+        log.warning("sparse LU: the %dx%d normal matrix is singular; solving it densely, with its rank", n, n)
+        return None
+
+
 def solve_blocks(
     blocks: list[ConstraintBlock],
     *,
@@ -84,28 +103,21 @@ def solve_blocks(
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     matrix = matrix.astype(np_dtype)
     rhs = rhs.astype(np_dtype)
-    n = matrix.shape[1]
     normal = (matrix.T @ matrix).tocsc()
     rank = sigma_min = null_basis = None
-    if solver == "dense":
-        solve, rank, sigma_min, label, null_basis = _dense_factor(
-            normal.toarray(), dtype, want_rank, rcond, device, null_hint
-        )
-    elif solver == "sparse":
-        try:
-            lu = spla.splu(normal.astype(np.float64), permc_spec="COLAMD")
-        except MemoryError as exc:
-            raise MemoryError(
-                f"sparse LU of a {n}x{n} normal matrix ran out of memory (the per-channel gradient blocks K^T K are "
-                "dense); use attack.solver=iterative or auto"
-            ) from exc
+    if solver not in ("dense", "sparse"):
+        raise ValueError(f"unknown explicit solver {solver!r}; choose dense or sparse")
+    lu = _sparse_lu(normal) if solver == "sparse" else None
+    if lu is not None:
 
         def solve(r: np.ndarray) -> np.ndarray:
             return lu.solve(r.astype(np.float64))
 
         label = "sparse-lu"
     else:
-        raise ValueError(f"unknown explicit solver {solver!r}; choose dense or sparse")
+        solve, rank, sigma_min, label, null_basis = _dense_factor(
+            normal.toarray(), dtype, want_rank or solver == "sparse", rcond, device, null_hint
+        )
     x = solve(np.asarray(matrix.T @ rhs, dtype=np.float64))
     for _ in range(refine_steps):
         residual = rhs - matrix @ x.astype(np_dtype)

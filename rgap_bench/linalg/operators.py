@@ -255,7 +255,8 @@ class LinearSystem:
             rhs = k @ self.grad
         n = self.weight.shape[1]
         if self.z is None:
-            return rhs / alpha, 0.0
+            x = rhs / alpha
+            return x, self.residual_rel(x, None, None)
         wscale = _inverse_norm((self.weight**2).sum(1)) if self.scale_rows else torch.ones_like(self.z)
         wt = self.weight * wscale[:, None]
         rhs = rhs + wt.T @ (self.z * wscale)
@@ -272,12 +273,15 @@ class LinearSystem:
             x = torch.cholesky_solve(rhs[:, None], torch.linalg.cholesky(gram))[:, 0]
         return x, self.residual_rel(x, wt, wscale)
 
-    def residual_rel(self, x: Tensor, wt: Tensor, wscale: Tensor) -> float:
+    def residual_rel(self, x: Tensor, wt: Tensor | None, wscale: Tensor | None) -> float:
+        """Relative residual of the scaled system; `wt`, `wscale`: the scaled weight rows (None without z)."""
         k = self.k.reshape(-1)
         active = k != 0
         scale = 1.0 / k[active].abs() if self.scale_rows else torch.ones_like(k[active])
         grad_res = (torch.outer(k[active], x) - self.grad[active]) * scale[:, None]
         grad_ref = self.grad[active] * scale[:, None]
-        res = float((grad_res**2).sum()) + float(((wt @ x - self.z * wscale) ** 2).sum())
-        ref = float((grad_ref**2).sum()) + float(((self.z * wscale) ** 2).sum())
+        res, ref = float((grad_res**2).sum()), float((grad_ref**2).sum())
+        if self.z is not None:
+            res += float(((wt @ x - self.z * wscale) ** 2).sum())
+            ref += float(((self.z * wscale) ** 2).sum())
         return (res / ref) ** 0.5 if ref > 0 else res**0.5

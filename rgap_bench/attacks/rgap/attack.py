@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from rgap_bench.attacks.logistic_scalar import F_MIN, U_STAR, invert_logistic_scalar
+from rgap_bench.attacks.metadata import check_batch_size, shared_labels
 from rgap_bench.attacks.rgap.layers import read_layers
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.recursion import recurse
 from rgap_bench.attacks.rgap.report import run_status
-from rgap_bench.errors import UnsupportedModelError
+from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
 from rgap_bench.linalg.precision import conv_tf32
 from rgap_bench.options import build_options
 from rgap_bench.types import ClientUpdate, Reconstruction, UpdateMetadata
@@ -31,9 +32,13 @@ def choose_candidate(candidates: list[Reconstruction], tolerance: float = 10.0) 
     exactly consistent reconstructions that differ by a scale; only the public prior that inputs are images in
     [0, 1] tells them apart.
     """
-    floor = min(rec.residual_rel for rec in candidates)
-    consistent = [rec for rec in candidates if rec.residual_rel <= tolerance * floor + 1e-9]
-    return min(consistent, key=lambda rec: rec.range_violation)
+
+    def finite(value: float) -> float:  # an overflowed solve (NaN) must not win, nor empty the choice
+        return value if math.isfinite(value) else math.inf
+
+    floor = min(finite(rec.residual_rel) for rec in candidates)
+    consistent = [rec for rec in candidates if finite(rec.residual_rel) <= tolerance * floor + 1e-9]
+    return min(consistent, key=lambda rec: finite(rec.range_violation))
 
 
 def loss_scale(meta: UpdateMetadata) -> int:
@@ -49,6 +54,7 @@ def loss_scale(meta: UpdateMetadata) -> int:
 
 def _check_update(meta: UpdateMetadata) -> int:
     """Refuse what R-GAP cannot invert; returns the loss's scale."""
+    check_batch_size(meta)
     if meta.kind != "gradient":
         raise UnsupportedModelError(f"R-GAP inverts gradients (FedSGD); got an update of kind {meta.kind!r}")
     scale = loss_scale(meta)
@@ -72,7 +78,13 @@ class RGAP:
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
         with conv_tf32(False):  # every solve goes through convolutions: float32 must stay IEEE float32 on a GPU
-            return self._attack(model, update)
+            try:
+                return self._attack(model, update)
+            except torch.linalg.LinAlgError as exc:  # e.g. a gradient so small that its normal matrix underflows
+                raise InvalidUpdateError(
+                    f"R-GAP's linear algebra failed on this update ({exc}); its gradients are too far outside the "
+                    f"range of {self.options.dtype} to solve: check the client's loss and any defence's scale"
+                ) from exc
 
     def _attack(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
         meta = update.metadata
@@ -87,7 +99,8 @@ class RGAP:
             # consistent value is f's minimum. Attack on, and say so, rather than refuse the update.
             log.warning("<w, dL/dw> = %.4g is below the logistic minimum %.4f: using u = %.4f", c, F_MIN, U_STAR)
         roots = [U_STAR] if clamped else invert_logistic_scalar(c)
-        labels = [int(meta.labels.reshape(-1)[0])] if meta.labels is not None else [0, 1]
+        shared = shared_labels(meta, classes=2)
+        labels = [int(shared[0])] if shared is not None else [0, 1]
         candidates = [recurse(layers, label, u, scale, self.options, self.dtype) for label in labels for u in roots]
         best = choose_candidate(candidates)
         status, reason = run_status(best.layers, clamped)

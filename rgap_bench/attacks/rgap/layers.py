@@ -56,8 +56,14 @@ class RGAPLayer:
 def read_layers(model: nn.Module, update: ClientUpdate, dtype: torch.dtype) -> list[RGAPLayer]:
     """The model's blocks (`check_model` says why one cannot be attacked) with the update's gradient of each;
     raises `InvalidUpdateError` when a gradient is missing, misshapen or not finite."""
+    blocks = check_model(model)
+    if tuple(update.metadata.input_shape) != blocks[0].in_shape:
+        raise InvalidUpdateError(
+            f"the update is for inputs of shape {tuple(update.metadata.input_shape)}, the model takes "
+            f"{blocks[0].in_shape}; it was made for another model or data set"
+        )
     layers = []
-    for block in check_model(model):
+    for block in blocks:
         op = block.op
         key = f"blocks.{block.index}.op.weight"
         if key not in update.tensors:

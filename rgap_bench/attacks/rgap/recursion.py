@@ -7,13 +7,13 @@ space is carried down: the conv below solves its own input together with the fre
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rgap_bench.attacks.logistic_scalar import logistic_weight
 from rgap_bench.attacks.rgap.layers import RGAPLayer, back_propagate
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.plan import plan_layer
@@ -51,7 +51,7 @@ def recurse(
     mu = u / y
     head = layers[-1]
     z = head.act.inverse(torch.tensor([mu], dtype=dtype, device=head.grad.device))
-    dl_dmu = -y / (1.0 + math.exp(u)) / scale
+    dl_dmu = -y * logistic_weight(u) / scale
     k = dl_dmu * head.act.derivative(z)
     reports: list[LayerReport] = []
     x_next: Tensor | None = None

@@ -24,6 +24,7 @@ from rgap_bench.data import (
     to_float_images,
 )
 from rgap_bench.data.photos import PHOTOS
+from rgap_bench.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 
@@ -168,7 +169,7 @@ def test_index_wraps_around_the_end() -> None:
 
 @pytest.mark.parametrize("batch_size", [0, 41])
 def test_bad_batch_size_is_rejected(batch_size: int) -> None:
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         EmbeddedPhotos(name="photos", batch_size=batch_size)
 
 
@@ -279,7 +280,7 @@ def test_mnist_rejects_truncated_file(tmp_path: Path) -> None:
     write_mnist(tmp_path, "train", n=3, gz=False)
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ValueError, match="header promises"):
+    with pytest.raises(DatasetFormatError, match="header promises"):
         MNISTFolder(name="mnist", root=str(tmp_path))
 
 

@@ -61,6 +61,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _without_hydra_keys(node: Any) -> Any:
+    """A config node as recorded in metrics.json: Hydra's `_target_` / `_recursive_` say nothing about the run."""
+    if isinstance(node, dict):
+        return {k: _without_hydra_keys(v) for k, v in node.items() if not k.startswith("_")}
+    return node
+
+
 def _run_description(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     return {
         "attack": cfg.attack.name,
@@ -69,9 +76,7 @@ def _run_description(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         "image_size": cfg.data.image_size,
         "channels": cfg.data.channels,
         "batch_size": cfg.data.batch_size,
-        "defense": {
-            k: v for k, v in OmegaConf.to_container(cfg.defense, resolve=True).items() if not k.startswith("_")
-        },
+        "defense": _without_hydra_keys(OmegaConf.to_container(cfg.defense, resolve=True)),
         "client": cfg.client.name,
         "seed": cfg.seed,
         "threads": torch.get_num_threads(),  # intra-op threads: reductions may round differently with another count

@@ -147,7 +147,7 @@ def test_unsupported_op_and_head_are_named(make_update, photo_batch):
         attack(model, update)
     wide = build_convnet([{"kind": "linear", "out": 2}], in_channels=1, image_size=4)
     update = dataclasses.replace(update, tensors={"blocks.0.op.weight": torch.zeros(2, 16)})
-    with pytest.raises(UnsupportedModelError, match="single-logit"):
+    with pytest.raises(UnsupportedModelError, match="binary logistic loss needs one logit"):
         attack(wide, update)
 
 

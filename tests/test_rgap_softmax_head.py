@@ -20,6 +20,13 @@ from rgap_bench.models import build_convnet
 
 MLP = [{"kind": "linear", "out": 24}, {"kind": "linear", "out": 12, "negative_slope": 0.3}]
 CONV = [{"kind": "conv", "out": 4, "kernel": 3, "padding": 1}, {"kind": "conv", "out": 4, "kernel": 3, "padding": 1}]
+# layer 1 is rank-deficient (136 of 144): its null space is carried into the conv below (the joint solve)
+STRIDED = [{"kind": "conv", "out": 4, "kernel": 3, "padding": 1}, {**CONV[1], "stride": 2}]
+BODIES = {"mlp": MLP, "conv": CONV, "strided": STRIDED}
+
+
+def _biased(body: list[dict]) -> list[dict]:
+    return [{**layer, "bias": True} for layer in body]
 
 
 def _head(classes: int = 10, bias: bool = False) -> dict:
@@ -65,12 +72,17 @@ def test_the_scalar_root_is_the_clients_error_and_every_bracketed_root_is_found(
     assert int((np.sign(residual[:-1]) != np.sign(residual[1:])).sum()) == len(roots)
 
 
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("body", [MLP, CONV], ids=["mlp", "conv"])
+@pytest.mark.parametrize("bias", ["none", "head", "all"])
+@pytest.mark.parametrize("body", list(BODIES))
 @pytest.mark.parametrize(("share", "policy"), [(True, "flip_prediction"), (False, "true")])
 def test_rgap_recovers_input_and_label_exactly(body, bias, share, policy, photo_batch, psnr):
     torch.manual_seed(0)
-    model = build_convnet([*body, _head(bias=bias)], in_channels=1, image_size=6)
+    layers = _biased(BODIES[body]) if bias == "all" else BODIES[body]
+    model = build_convnet([*layers, _head(bias=bias != "none")], in_channels=1, image_size=6)
+    if bias == "all":  # biases large enough to matter: a solve that ignored them would be far off
+        with torch.no_grad():
+            for block in model.blocks:
+                block.op.bias.uniform_(-0.5, 0.5)
     batch = photo_batch(image_size=6, channels=1)
     update = _ce_update(model, batch, share_labels=share, label_policy=policy)
     trained = FedSGDClient(model, loss="cross_entropy", label_policy=policy).targets(batch)
@@ -78,6 +90,18 @@ def test_rgap_recovers_input_and_label_exactly(body, bias, share, policy, photo_
     assert psnr(result.inputs, batch.inputs) >= 60
     assert result.status == "exact"
     assert int(result.labels[0]) == int(trained[0])
+
+
+@pytest.mark.parametrize("body", list(BODIES))
+def test_biases_below_a_binary_logistic_head_are_inverted_too(body, photo_batch, make_update, psnr):
+    torch.manual_seed(0)
+    model = build_convnet([*_biased(BODIES[body]), _head(1)], in_channels=1, image_size=6)
+    with torch.no_grad():
+        for block in model.blocks[:-1]:
+            block.op.bias.uniform_(-0.5, 0.5)
+    batch = photo_batch(image_size=6, channels=1)
+    result = RGAP()(model, make_update(model, batch))
+    assert psnr(result.inputs, batch.inputs) >= 60 and result.status == "exact"
 
 
 def test_a_shared_label_that_disagrees_with_the_gradient_is_refused(photo_batch):

@@ -14,7 +14,7 @@ from torch import nn
 from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.models.layers import SequentialNet
 
-SUPPORTED_LAYERS = "nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear, bias-free below the output layer"
+SUPPORTED_LAYERS = "nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear, with or without bias"
 SUPPORTED_ACTIVATIONS = "LeakyReLU with a positive slope, or Identity"
 # What a user can do instead when R-GAP cannot walk a model: the matching attacks only need autograd.
 ALTERNATIVE = "or attack this model with gradient matching (attack=ig, attack=dlg), which needs no invertible layers"
@@ -47,14 +47,9 @@ def activation_slope(module: nn.Module, where: str) -> float:
     )
 
 
-def _check_op(op: nn.Module, where: str, is_head: bool) -> None:
+def _check_op(op: nn.Module, where: str) -> None:
     if not isinstance(op, nn.Conv2d | nn.Linear):
         raise UnsupportedModelError(f"{where} is not supported; R-GAP supports {SUPPORTED_LAYERS}; {ALTERNATIVE}")
-    if op.bias is not None and not is_head:
-        raise UnsupportedModelError(
-            f"{where} has a bias; R-GAP supports a bias on the output layer only. Set bias: false below the "
-            f"output layer, {ALTERNATIVE}"
-        )
     if isinstance(op, nn.Conv2d) and (
         op.groups != 1 or tuple(op.dilation) != (1, 1) or op.padding_mode != "zeros" or isinstance(op.padding, str)
     ):
@@ -63,7 +58,8 @@ def _check_op(op: nn.Module, where: str, is_head: bool) -> None:
 
 def check_model(model: nn.Module) -> list[CheckedBlock]:
     """Every block of `model` as R-GAP sees it; raises `UnsupportedModelError` naming the first obstacle (layer
-    kind, bias below the head, conv options, activation, then a head that is not a linear layer). Whether the
+    kind, conv options, activation, then a head that is not a linear layer). A bias is fine: the weight rows
+    read W x = z - b, the gradient rows do not see it. Whether the
     head fits the loss (one logit for the binary logistic loss, C >= 2 for cross-entropy) is the attack's check:
     the model alone does not say which loss trains it."""
     if not isinstance(model, SequentialNet):
@@ -75,7 +71,7 @@ def check_model(model: nn.Module) -> list[CheckedBlock]:
     blocks = []
     for i, block in enumerate(model.blocks):
         where = f"layer {i} ({block.op.__class__.__name__})"
-        _check_op(block.op, where, is_head=i == len(model.blocks) - 1)
+        _check_op(block.op, where)
         out_shape = tuple(shapes[i + 1]) if shapes[i + 1] is not None else (block.op.weight.shape[0],)
         blocks.append(CheckedBlock(i, block.op, activation_slope(block.act, where), tuple(shapes[i]), out_shape))
     head = blocks[-1].op

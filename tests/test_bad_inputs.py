@@ -232,8 +232,8 @@ ROWS = [
         (*SMALL, "model.layers.1.activation=relu"),
         ("layer 1 (Conv2d): activation ReLU is not supported", "use leaky_relu", "attack=ig"),
     ),
-    Row("rgap-bias", (*SMALL, "model.layers.0.bias=true"), ("layer 0 (Conv2d) has a bias", "bias: false", "attack=ig")),
-    Row("rgap-cross-entropy", (*SMALL, "client.loss=cross_entropy"), ("binary logistic loss", "attack=ig")),
+    Row("rgap-bias", (*SMALL, "model.layers.2.bias=true"), ("bias-free output layer", "client.loss=cross_entropy")),
+    Row("rgap-cross-entropy", (*SMALL, "client.loss=cross_entropy"), ("one logit per class", "out: <classes>")),
     Row("rgap-batch", (*SMALL, "data.batch_size=2"), ("R-GAP recovers one sample", "data.batch_size=1")),
     Row("no-cuda", ("device=cuda",), ("no CUDA device is available; use device=cpu",)),
     # W&B misconfigured: a warning, and the run is logged offline

@@ -14,7 +14,7 @@ from torch import nn
 from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.models.layers import SequentialNet
 
-SUPPORTED_LAYERS = "bias-free nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear"
+SUPPORTED_LAYERS = "nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear, with or without bias"
 SUPPORTED_ACTIVATIONS = "LeakyReLU with a positive slope, or Identity"
 # What a user can do instead when R-GAP cannot walk a model: the matching attacks only need autograd.
 ALTERNATIVE = "or attack this model with gradient matching (attack=ig, attack=dlg), which needs no invertible layers"
@@ -50,10 +50,6 @@ def activation_slope(module: nn.Module, where: str) -> float:
 def _check_op(op: nn.Module, where: str) -> None:
     if not isinstance(op, nn.Conv2d | nn.Linear):
         raise UnsupportedModelError(f"{where} is not supported; R-GAP supports {SUPPORTED_LAYERS}; {ALTERNATIVE}")
-    if op.bias is not None:
-        raise UnsupportedModelError(
-            f"{where} has a bias; R-GAP as published needs bias-free layers. Set bias: false, {ALTERNATIVE}"
-        )
     if isinstance(op, nn.Conv2d) and (
         op.groups != 1 or tuple(op.dilation) != (1, 1) or op.padding_mode != "zeros" or isinstance(op.padding, str)
     ):
@@ -62,7 +58,10 @@ def _check_op(op: nn.Module, where: str) -> None:
 
 def check_model(model: nn.Module) -> list[CheckedBlock]:
     """Every block of `model` as R-GAP sees it; raises `UnsupportedModelError` naming the first obstacle (layer
-    kind, bias, conv options, activation, then a head that is not a single-logit linear layer)."""
+    kind, conv options, activation, then a head that is not a linear layer). A bias is fine: the weight rows
+    read W x = z - b, the gradient rows do not see it. Whether the
+    head fits the loss (one logit for the binary logistic loss, C >= 2 for cross-entropy) is the attack's check:
+    the model alone does not say which loss trains it."""
     if not isinstance(model, SequentialNet):
         raise UnsupportedModelError(
             f"R-GAP walks a stack of conv/linear blocks (rgap_bench.models.SequentialNet); got "
@@ -76,10 +75,11 @@ def check_model(model: nn.Module) -> list[CheckedBlock]:
         out_shape = tuple(shapes[i + 1]) if shapes[i + 1] is not None else (block.op.weight.shape[0],)
         blocks.append(CheckedBlock(i, block.op, activation_slope(block.act, where), tuple(shapes[i]), out_shape))
     head = blocks[-1].op
-    if not isinstance(head, nn.Linear) or head.out_features != 1:
+    if not isinstance(head, nn.Linear):
         raise UnsupportedModelError(
-            "R-GAP's output step needs a single-logit nn.Linear head (binary logistic loss); the last layer is "
-            f"{head}; give the model a final {{kind: linear, out: 1}} layer, {ALTERNATIVE}"
+            "R-GAP's output step needs an nn.Linear head (one logit for the binary logistic loss, one per class for "
+            f"cross-entropy); the last layer is {head}; give the model a final {{kind: linear, out: ...}} layer, "
+            f"{ALTERNATIVE}"
         )
     return blocks
 

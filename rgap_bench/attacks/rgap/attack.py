@@ -11,12 +11,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from rgap_bench.attacks.logistic_scalar import F_MIN, U_STAR, invert_logistic_scalar
+from rgap_bench.attacks.logistic_scalar import F_MIN, U_STAR, invert_logistic_scalar, logistic_weight
 from rgap_bench.attacks.metadata import check_batch_size, shared_labels
-from rgap_bench.attacks.rgap.layers import read_layers
+from rgap_bench.attacks.rgap.layers import RGAPLayer, describe_op, read_layers
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.recursion import recurse
 from rgap_bench.attacks.rgap.report import run_status
+from rgap_bench.attacks.rgap.softmax_head import label_candidates, softmax_starts
+from rgap_bench.attacks.rgap.start import HeadStart
 from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
 from rgap_bench.linalg.precision import conv_tf32
 from rgap_bench.options import build_options
@@ -42,12 +44,12 @@ def choose_candidate(candidates: list[Reconstruction], tolerance: float = 10.0) 
 
 
 def loss_scale(meta: UpdateMetadata) -> int:
-    """Everything R-GAP reads of the client's loss: it must be the binary logistic loss (the output step is derived
-    for it), and its reduction says by how much the shared gradient was divided (the output scalar is scaled back)."""
-    if meta.loss.name != "binary_logistic":
+    """Everything R-GAP reads of the client's loss: it must be one whose output step is derived (binary logistic or
+    softmax cross-entropy), and its reduction says by how much the shared gradient was divided (scaled back)."""
+    if meta.loss.name not in ("binary_logistic", "cross_entropy"):
         raise UnsupportedModelError(
-            f"R-GAP's output-layer step is derived for the binary logistic loss; got {meta.loss.name!r}. Use "
-            "client.loss=binary_logistic, or a gradient-matching attack (attack=ig) for other losses"
+            f"R-GAP's output-layer step is derived for the binary logistic and cross-entropy losses; got "
+            f"{meta.loss.name!r}. Use one of them, or a gradient-matching attack (attack=ig) for other losses"
         )
     return meta.batch_size if meta.loss.reduction == "mean" else 1
 
@@ -64,6 +66,67 @@ def _check_update(meta: UpdateMetadata) -> int:
             "gradient-matching attack for batches"
         )
     return scale
+
+
+def _check_head(head: RGAPLayer, meta: UpdateMetadata) -> None:
+    """The head must fit the loss: one logit without bias for the binary logistic loss (its scalar equation is
+    derived bias-free), C >= 2 classes with an identity activation for cross-entropy."""
+    outputs = head.op.weight.shape[0]
+    if meta.loss.name == "binary_logistic" and (outputs != 1 or head.op.bias is not None):
+        raise UnsupportedModelError(
+            f"the binary logistic loss needs one logit from a bias-free output layer; the last layer is "
+            f"{describe_op(head.op)}{' with a bias' if head.op.bias is not None else ''}. Give the model a final "
+            "{kind: linear, out: 1, bias: false} layer, or use client.loss=cross_entropy with one output per class"
+        )
+    if meta.loss.name == "cross_entropy" and (outputs < 2 or head.act.slope != 1.0):
+        raise UnsupportedModelError(
+            f"cross-entropy needs a linear output layer with one logit per class (>= 2) and activation identity; "
+            f"the last layer is {describe_op(head.op)} with slope {head.act.slope}. Give the model a final "
+            "{kind: linear, out: <classes>, activation: identity} layer"
+        )
+
+
+def _logistic_starts(head: RGAPLayer, meta: UpdateMetadata, scale: int, dtype: torch.dtype) -> tuple[list, float, bool]:
+    """The binary logistic head: invert <w, dL/dw> = mu dL/dmu for u = y mu; one start per (label, root)."""
+    grad_out = head.grad.reshape(-1)
+    w_out = head.op.weight.detach().reshape(-1).to(grad_out.device, torch.float64)
+    c = float(w_out @ grad_out.double()) * scale
+    clamped = math.isfinite(c) and c < F_MIN
+    if clamped:
+        # Noise (a defence) can push the scalar below anything a clean logistic gradient produces; the closest
+        # consistent value is f's minimum. Attack on, and say so, rather than refuse the update.
+        log.warning("<w, dL/dw> = %.4g is below the logistic minimum %.4f: using u = %.4f", c, F_MIN, U_STAR)
+    roots = [U_STAR] if clamped else invert_logistic_scalar(c)
+    shared = shared_labels(meta, classes=2)
+    labels = [int(shared[0])] if shared is not None else [0, 1]
+    starts = []
+    for label in labels:
+        for u in roots:
+            y = 2 * label - 1
+            mu = u / y
+            z = head.act.inverse(torch.tensor([mu], dtype=dtype, device=head.grad.device))
+            k = (-y * logistic_weight(u) / scale) * head.act.derivative(z)
+            starts.append(HeadStart(label, k, z, {"u": float(u), "mu": float(mu)}))
+    return starts, c, clamped
+
+
+def _softmax_starts(head: RGAPLayer, meta: UpdateMetadata, scale: int, dtype: torch.dtype) -> list[HeadStart]:
+    """The cross-entropy head: the label from the gradient's signs (checked against a shared one), then x."""
+    rows = head.bias_grad if head.bias_grad is not None else head.grad
+    labels = label_candidates(rows)
+    shared = shared_labels(meta, classes=head.op.weight.shape[0])
+    if shared is not None:
+        if labels and int(shared[0]) not in labels:
+            raise InvalidUpdateError(
+                f"the shared label {int(shared[0])} disagrees with the output layer's gradient, whose signs say "
+                f"{labels}: the label was not the one the client trained on, or the gradient is not its own"
+            )
+        labels = [int(shared[0])]
+    if not labels:  # noise (a defence) broke the sign pattern: the label's row is the largest when clean
+        labels = [int(rows.reshape(rows.shape[0], -1).norm(dim=1).argmax())]
+    weight = head.op.weight.detach().to(dtype)
+    bias = head.op.bias.detach().to(dtype) if head.op.bias is not None else None
+    return softmax_starts(weight, head.grad, head.bias_grad, bias, labels, scale)
 
 
 class RGAP:
@@ -90,25 +153,21 @@ class RGAP:
         meta = update.metadata
         scale = _check_update(meta)
         layers = read_layers(model, update, self.dtype)
-        grad_out = layers[-1].grad.reshape(-1)
-        w_out = layers[-1].op.weight.detach().reshape(-1).to(grad_out.device, torch.float64)
-        c = float(w_out @ grad_out.double()) * scale
-        clamped = math.isfinite(c) and c < F_MIN
-        if clamped:
-            # Noise (a defence) can push the scalar below anything a clean logistic gradient produces; the closest
-            # consistent value is f's minimum. Attack on, and say so, rather than refuse the update.
-            log.warning("<w, dL/dw> = %.4g is below the logistic minimum %.4f: using u = %.4f", c, F_MIN, U_STAR)
-        roots = [U_STAR] if clamped else invert_logistic_scalar(c)
-        shared = shared_labels(meta, classes=2)
-        labels = [int(shared[0])] if shared is not None else [0, 1]
-        candidates = [recurse(layers, label, u, scale, self.options, self.dtype) for label in labels for u in roots]
+        head = layers[-1]
+        _check_head(head, meta)
+        c, clamped = None, False
+        if meta.loss.name == "binary_logistic":
+            starts, c, clamped = _logistic_starts(head, meta, scale, self.dtype)
+        else:
+            starts = _softmax_starts(head, meta, scale, self.dtype)
+        candidates = [recurse(layers, start, self.options, self.dtype) for start in starts]
         best = choose_candidate(candidates)
         status, reason = run_status(best.layers, clamped)
         best = dataclasses.replace(best, status=status, status_reason=reason)
-        best.info["output_scalar"] = c
-        best.info["output_scalar_clamped"] = clamped
+        if c is not None:
+            best.info["output_scalar"] = c
+            best.info["output_scalar_clamped"] = clamped
         if len(candidates) > 1:
-            best.info["candidates"] = [
-                {key: r.info[key] for key in ("label", "u", "mean_residual_rel", "range_violation")} for r in candidates
-            ]
+            keys = ("label", "u", "g_label", "mean_residual_rel", "range_violation")
+            best.info["candidates"] = [{key: r.info[key] for key in keys if key in r.info} for r in candidates]
         return best

@@ -27,6 +27,7 @@ class RGAPLayer:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     grad: Tensor  # the shared weight gradient, in the solve dtype on the weights' device
+    bias_grad: Tensor | None = None  # the shared bias gradient (a layer with a bias), same dtype and device
 
     @property
     def is_conv(self) -> bool:
@@ -66,19 +67,28 @@ def read_layers(model: nn.Module, update: ClientUpdate, dtype: torch.dtype) -> l
     for block in blocks:
         op = block.op
         key = f"blocks.{block.index}.op.weight"
-        if key not in update.tensors:
-            raise InvalidUpdateError(f"the update has no tensor {key!r}; it was made for another model")
-        grad = update.tensors[key].detach().to(op.weight.device, dtype)
-        if grad.shape != op.weight.shape:
-            raise InvalidUpdateError(f"{key}: update shape {tuple(grad.shape)} != weight {tuple(op.weight.shape)}")
-        if not torch.isfinite(grad).all():
-            raise InvalidUpdateError(
-                f"{key} contains NaN or Inf: the client's gradient diverged or a defence broke it; "
-                "check the client loss and the defence parameters"
-            )
+        grad = _read_tensor(update, key, op.weight, dtype)
+        bias_grad = None
+        if op.bias is not None:
+            bias_grad = _read_tensor(update, f"blocks.{block.index}.op.bias", op.bias, dtype)
         act = PiecewiseLinear(block.slope)
-        layers.append(RGAPLayer(block.index, key, op, act, block.in_shape, block.out_shape, grad))
+        layers.append(RGAPLayer(block.index, key, op, act, block.in_shape, block.out_shape, grad, bias_grad))
     return layers
+
+
+def _read_tensor(update: ClientUpdate, key: str, param: Tensor, dtype: torch.dtype) -> Tensor:
+    """The update's gradient of one parameter, checked against it."""
+    if key not in update.tensors:
+        raise InvalidUpdateError(f"the update has no tensor {key!r}; it was made for another model")
+    grad = update.tensors[key].detach().to(param.device, dtype)
+    if grad.shape != param.shape:
+        raise InvalidUpdateError(f"{key}: update shape {tuple(grad.shape)} != parameter {tuple(param.shape)}")
+    if not torch.isfinite(grad).all():
+        raise InvalidUpdateError(
+            f"{key} contains NaN or Inf: the client's gradient diverged or a defence broke it; "
+            "check the client loss and the defence parameters"
+        )
+    return grad
 
 
 def back_propagate(upper: RGAPLayer, k_upper: Tensor, dtype: torch.dtype) -> Tensor:

@@ -54,6 +54,7 @@ def solve_through_null_space(
     tol: float = 1e-11,
     max_pcg_iter: int = 3000,
     scale_rows: bool = True,
+    bias: Tensor | None = None,
     **options,
 ) -> JointSolution:
     """Jointly solve a conv layer's input and the null-space coefficients of the deficient layer above it,
@@ -61,7 +62,8 @@ def solve_through_null_space(
 
     Only conv layers can sit below a deficient layer: a linear layer's gradient rows alone determine its input, so
     a linear layer is never deficient, and the layers below the first linear one are convolutions. `scale_rows`
-    (attack.scale_rows) scales every row to unit norm, as in the layer-by-layer solves; `options` tune the
+    (attack.scale_rows) scales every row to unit norm, as in the layer-by-layer solves; `bias` (the conv's, if
+    any) moves to the right-hand side of the weight rows; `options` tune the
     pattern iteration (`_pattern_iteration`).
     """
     if geom is None:
@@ -69,7 +71,7 @@ def solve_through_null_space(
             "the joint null-space solve needs a conv layer below the rank-deficient one; use "
             "attack.carry_null_space=false for this architecture"
         )
-    joint = _ConvJoint(weight, grad, geom, act, back_k, x_min, null_basis, scale_rows)
+    joint = _ConvJoint(weight, grad, geom, act, back_k, x_min, null_basis, scale_rows, bias)
     return _pattern_iteration(joint, tol=tol, max_pcg_iter=max_pcg_iter, **options)
 
 
@@ -82,7 +84,7 @@ class _ConvJoint:
     layer's block-Jacobi preconditioner (the projection changes the operator by rank d).
     """
 
-    def __init__(self, weight, grad, geom, act, back_k, x_min, null, scale_rows):
+    def __init__(self, weight, grad, geom, act, back_k, x_min, null, scale_rows, bias=None):
         self.device = weight.device
         as64 = {"device": self.device, "dtype": torch.float64}
         self.weight, self.grad = weight.detach().to(**as64), grad.detach().to(**as64)
@@ -92,13 +94,16 @@ class _ConvJoint:
         self.x_min = x_min.detach().to(**as64).reshape(-1)
         self.null = torch.as_tensor(null).detach().to(**as64)
         self.n_lower = int(np.prod(geom.in_shape))
+        self.bias = None if bias is None else bias.detach().to(**as64).reshape(-1, 1, 1)
 
     def _layer_system(self, x_upper: Tensor, target: Tensor) -> tuple[ConvSystem, Tensor]:
-        """The layer's scaled system under x_upper's LeakyReLU pattern with weight rows W x = target / slope, and
-        the slopes."""
+        """The layer's scaled system under x_upper's LeakyReLU pattern with weight rows W x = target / slope - b,
+        and the slopes."""
         slope = self.act.derivative(self.act.inverse(x_upper))
         k = (self.back_k * slope).reshape(self.out_shape)
         z = (target / slope).reshape(self.out_shape)
+        if self.bias is not None:  # W x + b = sigma^-1(x_upper)
+            z = z - self.bias
         return ConvSystem(self.weight, k, self.grad, z, self.geom, self.scale_rows), slope
 
     def system(

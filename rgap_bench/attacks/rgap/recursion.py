@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rgap_bench.attacks.logistic_scalar import logistic_weight
 from rgap_bench.attacks.rgap.layers import RGAPLayer, back_propagate
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.plan import plan_layer
 from rgap_bench.attacks.rgap.report import completed_below, layer_report
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
+from rgap_bench.attacks.rgap.start import HeadStart
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.types import LayerReport, Reconstruction
 
@@ -29,6 +29,8 @@ def _solve_layer(
     """One layer on its own: plan, solve, report; returns its input, its report and its null basis (if measured)."""
     start = time.perf_counter()
     weight = layer.op.weight.detach().to(dtype)
+    if layer.op.bias is not None:  # the weight rows are W x = z - b; the gradient rows do not see the bias
+        z = z - layer.op.bias.detach().to(dtype).reshape(-1, *[1] * (z.dim() - 1))
     geom = layer.geometry
     system = None
     if geom is not None:
@@ -43,16 +45,9 @@ def _carries_null_space(layers: list[RGAPLayer], layer: RGAPLayer, options: RGAP
     return options.carry_null_space and layer.index > 0 and isinstance(layers[layer.index - 1].op, nn.Conv2d)
 
 
-def recurse(
-    layers: list[RGAPLayer], label: int, u: float, scale: int, options: RGAPOptions, dtype: torch.dtype
-) -> Reconstruction:
-    """The reconstruction under the hypothesis (label, u), u = y * mu the output scalar's root."""
-    y = 2 * label - 1
-    mu = u / y
-    head = layers[-1]
-    z = head.act.inverse(torch.tensor([mu], dtype=dtype, device=head.grad.device))
-    dl_dmu = -y * logistic_weight(u) / scale
-    k = dl_dmu * head.act.derivative(z)
+def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dtype: torch.dtype) -> Reconstruction:
+    """The reconstruction under one hypothesis on the output layer (its label, dL/dz and pre-activation)."""
+    k, z = start.k, start.z
     reports: list[LayerReport] = []
     x_next: Tensor | None = None
     null_basis = None
@@ -60,11 +55,11 @@ def recurse(
         if x_next is not None:
             back_k = back_propagate(layers[layer.index + 1], k, dtype)
             if null_basis is not None:
-                start = time.perf_counter()
+                began = time.perf_counter()
                 joint = solve_joint(layer, back_k, x_next, null_basis, options, dtype)
                 x_next, null_basis = joint.x, None
                 k = back_k * layer.act.derivative(layer.act.inverse(joint.x_upper))
-                lower = layer_report(layer, joint, None, time.perf_counter() - start)
+                lower = layer_report(layer, joint, None, time.perf_counter() - began)
                 reports[-1] = completed_below(reports[-1], lower)
                 reports.append(lower)
                 continue
@@ -81,15 +76,9 @@ def recurse(
     violation = float((image - image.clamp(0, 1)).abs().mean())
     return Reconstruction(
         inputs=image,
-        labels=torch.tensor([label]),
+        labels=torch.tensor([start.label]),
         layers=reports,
         residual_rel=residual,
         range_violation=violation,
-        info={
-            "label": label,
-            "u": float(u),
-            "mu": float(mu),
-            "mean_residual_rel": residual,
-            "range_violation": violation,
-        },
+        info={"label": start.label, **start.info, "mean_residual_rel": residual, "range_violation": violation},
     )

@@ -37,6 +37,7 @@ def solve_joint(
         tol=options.tol,
         max_pcg_iter=options.max_iter,
         scale_rows=options.scale_rows,
+        bias=layer.op.bias,
     )
     device = layer.grad.device
     settled = "settled" if joint.consistent else "not settled"

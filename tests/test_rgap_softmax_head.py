@@ -140,3 +140,18 @@ def test_cli_cross_entropy_on_digits_is_exact(tmp_path, monkeypatch):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["attack_status"] == "exact"
     assert metrics["psnr"] >= 60 and metrics["label_acc"] == 1.0
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_paper_cnn6_with_ten_outputs_and_cross_entropy_is_exact(bias, photo_batch, psnr):
+    """`model.outputs=10 model.bias=...`: the paper's CNN6 body under a softmax head, labels not shared."""
+    from rgap_bench.models import cnn6
+
+    torch.manual_seed(0)
+    model = cnn6(image_size=16, outputs=10, bias=bias)
+    assert model.blocks[-1].op.out_features == 10 and (model.blocks[0].op.bias is not None) == bias
+    batch = photo_batch(image_size=16)
+    client = FedSGDClient(model, loss="cross_entropy", share_labels=False)
+    targets = client.targets(batch)
+    rec = RGAP()(model, client.compute_update(batch, targets))
+    assert psnr(rec.inputs, batch.inputs) >= 60 and rec.labels.tolist() == targets.tolist()

@@ -128,7 +128,7 @@ def _tiny(act: nn.Module | None = None) -> nn.Module:
     ("model", "message"),
     [
         (_tiny(nn.ReLU()), "ReLU"),
-        (_tiny(nn.Tanh()), "Tanh"),
+        (_tiny(nn.GELU()), "GELU"),
     ],
 )
 def test_unsupported_layers_are_named(model, message, make_update, photo_batch):

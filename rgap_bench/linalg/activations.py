@@ -23,3 +23,26 @@ class PiecewiseLinear:
         if self.slope == 1.0:
             return torch.ones_like(z)
         return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.slope))
+
+
+@dataclass(frozen=True)
+class Smooth:
+    """An invertible smooth activation (sigmoid or tanh): sigma^-1 exists on sigma's open range, so a reconstructed
+    output is first clipped a hair inside that range (rounding can put an exact solve on or past its edge)."""
+
+    name: str  # sigmoid | tanh
+
+    def inverse(self, x: Tensor) -> Tensor:
+        tiny = torch.finfo(x.dtype).eps
+        if self.name == "sigmoid":
+            return torch.logit(x.clamp(tiny, 1 - tiny))
+        return torch.atanh(x.clamp(-1 + tiny, 1 - tiny))
+
+    def derivative(self, z: Tensor) -> Tensor:
+        if self.name == "sigmoid":
+            s = torch.sigmoid(z)
+            return s * (1 - s)
+        return 1 - torch.tanh(z) ** 2
+
+
+Activation = PiecewiseLinear | Smooth

@@ -15,32 +15,39 @@ from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.models.layers import SequentialNet
 
 SUPPORTED_LAYERS = "nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear, with or without bias"
-SUPPORTED_ACTIVATIONS = "LeakyReLU with a positive slope, or Identity"
+SUPPORTED_ACTIVATIONS = "LeakyReLU with a positive slope, Identity, Sigmoid or Tanh"
 # What a user can do instead when R-GAP cannot walk a model: the matching attacks only need autograd.
 ALTERNATIVE = "or attack this model with gradient matching (attack=ig, attack=dlg), which needs no invertible layers"
 
 
 @dataclass(frozen=True)
 class CheckedBlock:
-    """One block that passed: its weight op, its activation's negative slope (Identity: 1) and its shapes."""
+    """One block that passed: its weight op, its activation's negative slope (Identity: 1; None for a smooth
+    activation, named by `smooth`) and its shapes."""
 
     index: int
     op: nn.Conv2d | nn.Linear
-    slope: float
+    slope: float | None
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
+    smooth: str | None = None  # sigmoid | tanh
 
 
-def activation_slope(module: nn.Module, where: str) -> float:
+SMOOTH = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
+
+
+def activation_slope(module: nn.Module, where: str) -> float | None:
     """The negative slope of an invertible piecewise-linear activation, or say why R-GAP cannot pass through it."""
     if isinstance(module, nn.Identity):
         return 1.0
     if isinstance(module, nn.LeakyReLU) and module.negative_slope > 0:
         return float(module.negative_slope)
+    if type(module) in SMOOTH:
+        return None  # invertible on its range; CheckedBlock.smooth names it
     reason = {
         nn.ReLU: "ReLU zeroes negative pre-activations, so they cannot be recovered (use leaky_relu)",
         nn.LeakyReLU: "a LeakyReLU with slope <= 0 is not invertible",
-    }.get(type(module), "R-GAP needs a piecewise-linear, invertible, positively homogeneous activation")
+    }.get(type(module), "R-GAP needs an invertible activation")
     raise UnsupportedModelError(
         f"{where}: activation {module.__class__.__name__} is not supported by R-GAP: {reason}. "
         f"Supported: {SUPPORTED_ACTIVATIONS}; {ALTERNATIVE}."
@@ -73,7 +80,9 @@ def check_model(model: nn.Module) -> list[CheckedBlock]:
         where = f"layer {i} ({block.op.__class__.__name__})"
         _check_op(block.op, where)
         out_shape = tuple(shapes[i + 1]) if shapes[i + 1] is not None else (block.op.weight.shape[0],)
-        blocks.append(CheckedBlock(i, block.op, activation_slope(block.act, where), tuple(shapes[i]), out_shape))
+        slope = activation_slope(block.act, where)
+        smooth = SMOOTH.get(type(block.act))
+        blocks.append(CheckedBlock(i, block.op, slope, tuple(shapes[i]), out_shape, smooth))
     head = blocks[-1].op
     if not isinstance(head, nn.Linear):
         raise UnsupportedModelError(

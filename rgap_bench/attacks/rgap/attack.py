@@ -20,6 +20,7 @@ from rgap_bench.attacks.rgap.report import run_status
 from rgap_bench.attacks.rgap.softmax_head import label_candidates, softmax_starts
 from rgap_bench.attacks.rgap.start import HeadStart
 from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
+from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.precision import conv_tf32
 from rgap_bench.options import build_options
 from rgap_bench.types import ClientUpdate, Reconstruction, UpdateMetadata
@@ -78,10 +79,11 @@ def _check_head(head: RGAPLayer, meta: UpdateMetadata) -> None:
             f"{describe_op(head.op)}{' with a bias' if head.op.bias is not None else ''}. Give the model a final "
             "{kind: linear, out: 1, bias: false} layer, or use client.loss=cross_entropy with one output per class"
         )
-    if meta.loss.name == "cross_entropy" and (outputs < 2 or head.act.slope != 1.0):
+    identity = isinstance(head.act, PiecewiseLinear) and head.act.slope == 1.0
+    if meta.loss.name == "cross_entropy" and (outputs < 2 or not identity):
         raise UnsupportedModelError(
             f"cross-entropy needs a linear output layer with one logit per class (>= 2) and activation identity; "
-            f"the last layer is {describe_op(head.op)} with slope {head.act.slope}. Give the model a final "
+            f"the last layer is {describe_op(head.op)} with activation {head.act}. Give the model a final "
             "{kind: linear, out: <classes>, activation: identity} layer"
         )
 

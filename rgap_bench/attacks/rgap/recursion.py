@@ -19,6 +19,7 @@ from rgap_bench.attacks.rgap.plan import plan_layer
 from rgap_bench.attacks.rgap.report import completed_below, layer_report
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
 from rgap_bench.attacks.rgap.start import HeadStart
+from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.types import LayerReport, Reconstruction
 
@@ -41,8 +42,12 @@ def _solve_layer(
 
 
 def _carries_null_space(layers: list[RGAPLayer], layer: RGAPLayer, options: RGAPOptions) -> bool:
-    """The joint solve needs a conv below (a linear layer is never deficient anyway)."""
-    return options.carry_null_space and layer.index > 0 and isinstance(layers[layer.index - 1].op, nn.Conv2d)
+    """The joint solve needs a conv below (a linear layer is never deficient anyway) whose activation is piecewise
+    linear: it searches that activation's pattern, which a smooth activation does not have."""
+    if not (options.carry_null_space and layer.index > 0):
+        return False
+    below = layers[layer.index - 1]
+    return isinstance(below.op, nn.Conv2d) and isinstance(below.act, PiecewiseLinear)
 
 
 def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dtype: torch.dtype) -> Reconstruction:

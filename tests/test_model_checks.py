@@ -71,3 +71,21 @@ def test_the_update_is_checked_after_the_model(make_update, photo_batch):
     tensors = {name: torch.zeros(1) for name in update.tensors}
     with pytest.raises(InvalidUpdateError, match="update shape"):
         RGAP(rank="off")(model, type(update)(tensors, update.metadata))
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (nn.MaxPool2d(2), "max pooling"),
+        (nn.BatchNorm2d(2), "batch norm"),
+        (nn.Dropout(0.5), "dropout"),
+    ],
+)
+def test_a_foreign_model_names_its_first_non_invertible_layer(layer, message):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), layer, nn.Flatten(), nn.LazyLinear(1))
+    with pytest.raises(UnsupportedModelError, match=message) as info:
+        check_model(model)
+    assert "'1'" in str(info.value) and "attack=ig" in str(info.value)
+    assert unsupported_reason(nn.Sequential(nn.Linear(4, 1))) and "SequentialNet" in unsupported_reason(
+        nn.Sequential(nn.Linear(4, 1))
+    )

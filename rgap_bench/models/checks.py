@@ -54,6 +54,32 @@ def activation_slope(module: nn.Module, where: str) -> float | None:
     )
 
 
+# Layers R-GAP cannot invert, and why; named when a model that is not a SequentialNet contains one.
+NOT_INVERTIBLE: dict[type[nn.Module], str] = {
+    nn.MaxPool2d: "max pooling keeps one input per window and drops the others' equations",
+    nn.AdaptiveMaxPool2d: "max pooling keeps one input per window and drops the others' equations",
+    nn.BatchNorm1d: "batch norm in train mode mixes the samples of a batch through its statistics",
+    nn.BatchNorm2d: "batch norm in train mode mixes the samples of a batch through its statistics",
+    nn.Dropout: "active dropout zeroes units at random, so the client's pass cannot be replayed",
+    nn.MultiheadAttention: "attention is not a linear map of its input followed by an elementwise activation",
+}
+
+
+def _foreign_model_reason(model: nn.Module) -> str:
+    """Why R-GAP cannot walk a model that is not a SequentialNet: its first non-invertible layer, by name."""
+    for name, module in model.named_modules():
+        for kind, why in NOT_INVERTIBLE.items():
+            if isinstance(module, kind):
+                return (
+                    f"layer {name!r} ({module.__class__.__name__}) is not supported by R-GAP: {why}. R-GAP walks a "
+                    f"stack of conv/linear blocks (model=convnet or rgap_bench.models.SequentialNet); {ALTERNATIVE}"
+                )
+    return (
+        f"R-GAP walks a stack of conv/linear blocks (model=convnet or rgap_bench.models.SequentialNet); got "
+        f"{model.__class__.__name__}; {ALTERNATIVE}"
+    )
+
+
 def _check_op(op: nn.Module, where: str) -> None:
     if not isinstance(op, nn.Conv2d | nn.Linear):
         raise UnsupportedModelError(f"{where} is not supported; R-GAP supports {SUPPORTED_LAYERS}; {ALTERNATIVE}")
@@ -70,10 +96,7 @@ def check_model(model: nn.Module) -> list[CheckedBlock]:
     head fits the loss (one logit for the binary logistic loss, C >= 2 for cross-entropy) is the attack's check:
     the model alone does not say which loss trains it."""
     if not isinstance(model, SequentialNet):
-        raise UnsupportedModelError(
-            f"R-GAP walks a stack of conv/linear blocks (rgap_bench.models.SequentialNet); got "
-            f"{model.__class__.__name__}"
-        )
+        raise UnsupportedModelError(_foreign_model_reason(model))
     shapes = [*model.block_input_shapes, None]
     blocks = []
     for i, block in enumerate(model.blocks):

@@ -67,3 +67,12 @@ def test_cross_entropy_client_uses_class_labels(photo_batch):
 def test_unknown_loss_is_refused_when_the_client_is_built():
     with pytest.raises(ConfigError, match="unknown client loss 'hinge'"):
         FedSGDClient(_linear_model(), loss="hinge")
+
+
+def test_label_policy_true_from_the_command_line_is_the_policy_not_a_boolean(compose_config):
+    """YAML reads `client.label_policy=true` as a boolean and the str schema makes it "True"."""
+    from hydra.utils import instantiate
+
+    cfg = compose_config("client.label_policy=true")
+    client = instantiate(cfg.client, model=_linear_model())
+    assert client.label_policy == "true"

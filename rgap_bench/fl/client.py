@@ -28,6 +28,8 @@ class FedSGDOptions:
     share_labels: bool = True  # the paper's threat model: the attacker knows the label
 
     def __post_init__(self) -> None:
+        # `client.label_policy=true` on the command line is YAML's boolean, which the str schema turns into "True"
+        self.label_policy = str(self.label_policy).lower() if str(self.label_policy) == "True" else self.label_policy
         if self.label_policy not in LABEL_POLICIES:
             raise ConfigError(f"client.label_policy must be one of {LABEL_POLICIES}, got {self.label_policy!r}")
         if self.reduction not in ("mean", "sum"):

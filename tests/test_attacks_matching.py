@@ -198,3 +198,24 @@ def test_each_attack_runs_through_the_cli(tmp_path):
         assert proc.returncode == 0, stderr
         metrics = json.loads((tmp_path / attack / "metrics.json").read_text())
         assert metrics["status"] == "ok" and metrics["run"]["attack"] == attack
+
+
+def test_hgap_reports_the_rgap_stage_when_the_closed_form_beats_matching(make_update, photo_batch, monkeypatch):
+    """A deficient R-GAP answer that still matches the gradient better than the matched one is kept, and said so."""
+    import dataclasses
+
+    from rgap_bench.types import LayerReport, Reconstruction
+
+    torch.manual_seed(0)
+    model = build_from_specs("tiny", (1, 4, 4), [LayerSpec("linear", 8), LayerSpec("linear", 1, activation="identity")])
+    batch = photo_batch(image_size=4, channels=1)
+    update = make_update(model, batch)
+    deficient = LayerReport(0, "linear 16>8", 16, 16, 128, 8, 0, rank=15, rank_deficiency=1)
+    exact = Reconstruction(batch.inputs, torch.tensor([int(update.metadata.labels[0])]), layers=[deficient])
+    attack = HGAP(matching={"max_iterations": 2, "progress": False}, random_restarts=0)
+    monkeypatch.setattr(attack, "rgap", lambda *_: exact)
+    noisy = dataclasses.replace(exact, inputs=torch.rand_like(batch.inputs), info={"best_restart": 0})
+    monkeypatch.setattr(attack.matcher, "reconstruct", lambda *_, **__: noisy)
+    rec = attack(model, update)
+    assert rec.inputs is exact.inputs and rec.info["hgap"]["stage"] == "rgap"
+    assert "hgap" not in exact.info and "hgap" not in noisy.info  # the parts' records are left as they were

@@ -80,14 +80,12 @@ class HGAP:
             closed, unsupported = None, f"R-GAP cannot run ({exc}), matched from random inputs"
         deficient = [] if closed is None else [r.index for r in closed.layers if r.rank_deficiency]
         if closed is not None and not deficient:
-            closed.info["hgap"] = {"stage": "rgap", "deficient_layers": []}
-            return closed
+            return _with_info(closed, hgap={"stage": "rgap", "deficient_layers": []})
         joint = [] if closed is None else [r.pattern_settled for r in closed.layers if r.pattern_settled is not None]
         if deficient and len(joint) == len(deficient) and all(joint):
             # Every deficient layer was completed jointly with a settled activation pattern: R-GAP's answer fits
             # every equation, and matching could only trade it for float32 rounding.
-            closed.info["hgap"] = {"stage": "rgap-joint", "deficient_layers": deficient}
-            return closed
+            return _with_info(closed, hgap={"stage": "rgap-joint", "deficient_layers": deficient})
         if deficient:
             log.info("%s: layers %s are rank-deficient; refining by gradient matching", self.name, deficient)
         target = MatchingTarget.from_update(model, update, self.matcher.options.dtype)
@@ -95,7 +93,7 @@ class HGAP:
         if closed is not None:
             init = closed.inputs.clamp(0, 1) if self.box else closed.inputs
         matched = self.matcher.reconstruct(target, init=init)
-        matched.info["hgap"] = {"stage": "matching", "deficient_layers": deficient}
+        matched = _with_info(matched, hgap={"stage": "matching", "deficient_layers": deficient})
         if closed is None:
             return dataclasses.replace(matched, status_reason=join((matched.status_reason, unsupported)))
         # Judge both in float64: near an exact solution the float32 matching loss is rounding noise, and it would
@@ -111,18 +109,23 @@ class HGAP:
             refined = f"R-GAP left layers {deficient} rank-deficient, refined by gradient matching"
             status, reason = self.matcher.status(matched_distance, matched.inputs)
             reason = join((reason, refined))
-        winner = dataclasses.replace(
-            winner,
-            layers=closed.layers,
-            gradient_distance=min(rgap_distance, matched_distance),
-            status=status,
-            status_reason=reason,
-        )
-        winner.info["hgap"] = {
+        hgap = {
             "stage": "rgap" if winner is closed else "matching",
             "deficient_layers": deficient,
             "rgap_gradient_distance": rgap_distance,
             "matched_gradient_distance": matched_distance,
             "best_restart": matched.info["best_restart"],  # 0: started from R-GAP; >0: from random inputs
         }
-        return winner
+        return dataclasses.replace(
+            winner,
+            layers=closed.layers,
+            gradient_distance=min(rgap_distance, matched_distance),
+            status=status,
+            status_reason=reason,
+            info={**winner.info, "hgap": hgap},
+        )
+
+
+def _with_info(rec: Reconstruction, **extra: object) -> Reconstruction:
+    """The record with more report-only detail (a new record: Reconstruction is frozen, its info is not shared)."""
+    return dataclasses.replace(rec, info={**rec.info, **extra})

@@ -165,11 +165,10 @@ class RGAP:
         candidates = [recurse(layers, start, self.options, self.dtype) for start in starts]
         best = choose_candidate(candidates)
         status, reason = run_status(best.layers, clamped)
-        best = dataclasses.replace(best, status=status, status_reason=reason)
+        info = dict(best.info)
         if c is not None:
-            best.info["output_scalar"] = c
-            best.info["output_scalar_clamped"] = clamped
+            info.update(output_scalar=c, output_scalar_clamped=clamped)
         if len(candidates) > 1:
             keys = ("label", "u", "g_label", "mean_residual_rel", "range_violation")
-            best.info["candidates"] = [{key: r.info[key] for key in keys if key in r.info} for r in candidates]
-        return best
+            info["candidates"] = [{key: r.info[key] for key in keys if key in r.info} for r in candidates]
+        return dataclasses.replace(best, status=status, status_reason=reason, info=info)

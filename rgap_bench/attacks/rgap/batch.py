@@ -59,15 +59,18 @@ def obstacle(layers: list[RGAPLayer], loss: str, labels: list[int] | None, batch
             f"layer {convs[0]} is a convolution: its gradient sums every sample over every position, so the "
             "per-sample split of fully connected layers does not apply"
         )
-    if labels is None:
-        return "the labels are neither shared nor readable (the output layer has no bias): share them or add a bias"
-    if len(set(labels)) < batch_size:
-        return f"labels repeat ({sorted(labels)}): samples with the same label are not told apart by the head"
     classes = layers[-1].op.weight.shape[0]
     if batch_size > classes - 1:
         return (
             f"{batch_size} samples but {classes} classes: the head's errors sum to zero over classes, so at most "
             f"{classes - 1} samples can be split (use model.outputs >= {batch_size + 1})"
+        )
+    if labels is None:
+        return "the labels are neither shared nor readable (the output layer has no bias): share them or add a bias"
+    if len(set(labels)) < batch_size:
+        return (
+            f"labels repeat ({sorted(labels)}; read from the bias gradient, a class that collected more than one "
+            "unit of probability over the batch looks the same): samples with one label are not told apart"
         )
     rank = head_rank(layers[-1])
     if rank < batch_size:

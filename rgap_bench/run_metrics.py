@@ -79,6 +79,16 @@ def _grade(reconstruction: Reconstruction, scores: dict[str, Any]) -> tuple[Stat
     return "failed", "; ".join(r for r in (reason, reconstruction.status_reason) if r)
 
 
+def _matched_clients(
+    sample_clients: list[int] | None, assignment: list[int] | None, combined: dict[str, Any] | None
+) -> list[int] | None:
+    """Which client each reconstruction matched (an aggregate of several clients' updates); None otherwise."""
+    if sample_clients is None:
+        return None
+    originals = [combined["matched_original"]] if combined is not None else assignment or [0]
+    return [sample_clients[j] for j in originals]
+
+
 @dataclass(frozen=True)
 class RunMetrics:
     """Scores of a reconstruction against the private batch, with everything `metrics.json` reports beside them."""
@@ -99,6 +109,7 @@ class RunMetrics:
     combined_per_sample: dict[str, Any] | None  # a combined image against each original (metrics.py)
     per_image: list[dict[str, Any]]
     assignment: list[int] | None
+    matched_clients: list[int] | None  # fl.aggregate: the client of the original each reconstruction matched
     indices: list[int]
     run: dict[str, Any]  # what was run (attack, model, data, defence, client, seed, dtype, device)
     attack_info: dict[str, Any]
@@ -116,6 +127,7 @@ class RunMetrics:
         indices: list[int],
         run: dict[str, Any],
         client: dict[str, Any],
+        sample_clients: list[int] | None = None,
     ) -> RunMetrics:
         """Score `reconstruction` against the private `originals` and the labels the client trained on."""
         scores = reconstruction_metrics(
@@ -148,6 +160,7 @@ class RunMetrics:
             combined_per_sample=per_sample,
             per_image=scores["per_image"],
             assignment=scores["assignment"],
+            matched_clients=_matched_clients(sample_clients, scores["assignment"], per_sample),
             indices=indices,
             run=run,
             attack_info=reconstruction.info,
@@ -174,6 +187,7 @@ class RunMetrics:
             "combined_per_sample": self.combined_per_sample,
             "per_image": self.per_image,
             "assignment": self.assignment,
+            "matched_clients": self.matched_clients,
             "indices": self.indices,
             "run": self.run,
             "attack_info": self.attack_info,

@@ -114,6 +114,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
         indices=batch.indices.tolist(),
         run=_run_description(cfg, device),
         client=fl_round.record(),
+        sample_clients=fl_round.sample_clients,
     )
     results = metrics.record()
     if metrics.attack_status != "exact":

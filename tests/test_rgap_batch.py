@@ -1,5 +1,5 @@
-"""R-GAP on batches: the exact split of fully connected nets, label recovery, and the combined fallback's marking
-and scoring (docs/batches.md)."""
+"""R-GAP on batches: the exact split of fully connected nets, label recovery, the combined fallback's marking and
+scoring, and secure aggregation of several clients (docs/batches.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from rgap_bench.__main__ import main
 from rgap_bench.attacks.rgap import RGAP, read_layers
 from rgap_bench.attacks.rgap.batch import batch_labels
 from rgap_bench.data.photos import EmbeddedPhotos
+from rgap_bench.errors import ConfigError
+from rgap_bench.fl.aggregate import check_aggregation, concat_batches, weighted_mean
 from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.metrics import combined_per_sample, label_multiset_accuracy
 from rgap_bench.models import build_convnet
@@ -140,3 +142,42 @@ def test_the_fcn3_batch_sweep_completes_without_a_failed_job(tmp_path, monkeypat
     assert [r["status"] for r in records] == ["ok"] * 3
     assert [r["combined"] for r in records] == [False, True, True]
     assert records[0]["psnr"] >= 60 and "one output logit" in records[2]["combined_reason"]
+
+
+def test_the_weighted_mean_of_client_gradients_is_the_union_batch_gradient():
+    model = _fc_net()
+    first, second = _batch(2), _batch(3, index=2)
+    updates = [_ce_update(model, b, share_labels=True)[0] for b in (first, second)]
+    union = concat_batches([first, second])
+    expected, _ = _ce_update(model, union, share_labels=True)
+    aggregate = weighted_mean(updates)
+    assert aggregate.metadata.batch_size == 5
+    assert torch.equal(aggregate.metadata.labels, expected.metadata.labels)
+    for name, tensor in expected.tensors.items():
+        torch.testing.assert_close(aggregate.tensors[name], tensor, rtol=1e-5, atol=1e-7)
+
+
+def test_an_aggregate_of_two_clients_is_split_and_each_reconstruction_names_its_client(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    argv = ["rgap_bench", "model=fcn3", "model.outputs=8", "model.bias=true", "client.loss=cross_entropy"]
+    argv += ["client.label_policy=true", "client.share_labels=false", "data.image_size=8", "data.batch_size=2"]
+    argv += ["fl.num_clients=2", "fl.aggregate=true", "logger=none", "save_images=false", "print_summary=false"]
+    argv += [f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["status"], metrics["attack_status"], metrics["combined"]) == ("ok", "exact", False)
+    assert metrics["update"]["batch_size"] == 4 and metrics["label_acc"] == 1.0
+    assert [row["psnr"] for row in metrics["per_image"]] == [100.0] * 4
+    owners = metrics["fl"]["sample_clients"]
+    assert owners == [0, 0, 1, 1] and len(metrics["defense_report"]["clients"]) == 2
+    assert metrics["matched_clients"] == [owners[j] for j in metrics["assignment"]]
+
+
+def test_aggregation_needs_a_federation_and_the_mean_reduction(compose_config):
+    for overrides, message in [
+        (("fl.aggregate=true",), "fl.num_clients >= 2"),
+        (("fl.aggregate=true", "fl.num_clients=2", "client.reduction=sum"), "client.reduction=mean"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check_aggregation(compose_config(*overrides))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rgap_bench.__main__ import main
+from rgap_bench.attacks.hgap import HGAP
 from rgap_bench.attacks.rgap import RGAP, read_layers
 from rgap_bench.attacks.rgap.batch import batch_labels
 from rgap_bench.data.photos import EmbeddedPhotos
@@ -181,3 +182,11 @@ def test_aggregation_needs_a_federation_and_the_mean_reduction(compose_config):
     ]:
         with pytest.raises(ConfigError, match=message):
             check_aggregation(compose_config(*overrides))
+
+
+def test_hgap_matches_every_sample_when_rgap_can_only_combine_the_batch():
+    model = build_convnet(name="tiny", in_channels=1, image_size=4, layers=[{"kind": "linear", "out": 1}])
+    batch = _batch(2)
+    result = HGAP(matching={"max_iterations": 5, "progress": False})(model, FedSGDClient(model).compute_update(batch))
+    assert result.inputs.shape[0] == 2 and not result.combined and result.info["hgap"]["stage"] == "matching"
+    assert "could not split the batch" in result.status_reason

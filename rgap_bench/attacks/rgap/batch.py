@@ -29,6 +29,11 @@ from rgap_bench.types import ClientUpdate, LayerReport, Reconstruction, Status
 
 log = logging.getLogger("rgap_bench.attacks.rgap")
 
+# Newton's relative residual above which the head's equations count as unsolved and the batch is combined instead.
+# Below it the split is kept even when noisy (graded approximate): measured on fcn3, a batch of 4 and Gaussian noise
+# of the update's RMS leaves a head residual of 1.5e-2 and still 25 dB per sample, the combination 8 dB.
+HEAD_GIVE_UP = 0.5
+
 SingleAttack = Callable[[nn.Module, ClientUpdate], Reconstruction]
 
 
@@ -163,12 +168,13 @@ def attack_batch(model: nn.Module, update: ClientUpdate, layers: list[RGAPLayer]
     label_info = {"labels_inferred": inferred, "labels_shared": None if shared is None else labels}
     if not reason:
         result = split_batch(layers, labels, scale, dtype)
-        solved = result.info["batch"]["head_residual"] < CONSISTENT
+        residual = result.info["batch"]["head_residual"]
+        solved = residual < HEAD_GIVE_UP and not non_finite(result.inputs)
         if solved:
             info = {**result.info, "batch": {**result.info["batch"], **label_info}}
             log.info("batch of %d split per sample (labels %s)", meta.batch_size, labels)
             return dataclasses.replace(result, info=info)
-        reason = f"the head's equations were not solved (residual {result.info['batch']['head_residual']:.1e})"
+        reason = f"the head's equations were not solved (residual {residual:.1e} >= {HEAD_GIVE_UP})"
     log.warning("batch of %d not split: %s; reconstructing their combination", meta.batch_size, reason)
     one = single(model, combined_update(update, scale))
     batch_info = {"split": False, "combined_reason": reason, **label_info}

@@ -149,6 +149,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
         ]
         if metrics.rank_deficiency:
             rows.insert(3, ("rank deficiency", str(metrics.rank_deficiency)))
+        if metrics.combined:  # one image for the batch: the scores above are against the batch mean
+            rows.insert(0, ("combined", "one image for the batch, scored against its mean"))
         print_summary(rows, title=f"{cfg.attack.name} on {cfg.model.name}, {data.name} #{batch.indices.tolist()}")
     return results
 

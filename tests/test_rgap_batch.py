@@ -190,3 +190,16 @@ def test_hgap_matches_every_sample_when_rgap_can_only_combine_the_batch():
     result = HGAP(matching={"max_iterations": 5, "progress": False})(model, FedSGDClient(model).compute_update(batch))
     assert result.inputs.shape[0] == 2 and not result.combined and result.info["hgap"]["stage"] == "matching"
     assert "could not split the batch" in result.status_reason
+
+
+@pytest.mark.parametrize(("activation", "bias"), [("tanh", True), ("identity", True), ("leaky_relu", False)])
+def test_the_split_needs_no_particular_activation_and_no_bias_when_labels_are_shared(activation, bias):
+    torch.manual_seed(0)
+    layers = [{"kind": "linear", "out": w, "bias": bias, "activation": activation} for w in (24, 12)]
+    layers.append({"kind": "linear", "out": 6, "activation": "identity", "bias": bias})
+    model = build_convnet(name="fc", in_channels=1, image_size=4, layers=layers)
+    batch = _batch(3)
+    update, targets = _ce_update(model, batch, share_labels=not bias)
+    result = RGAP()(model, update)
+    assert not result.combined and result.status == "exact", result.status_reason
+    assert _score(result, batch, targets).psnr == 100.0

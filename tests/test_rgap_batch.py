@@ -203,3 +203,12 @@ def test_the_split_needs_no_particular_activation_and_no_bias_when_labels_are_sh
     result = RGAP()(model, update)
     assert not result.combined and result.status == "exact", result.status_reason
     assert _score(result, batch, targets).psnr == 100.0
+
+
+def test_a_layer_narrower_than_the_batch_leaves_directions_undetermined_and_says_so():
+    model, batch = _fc_net(widths=(3, 24)), _batch(4)  # layer 0 has 3 outputs: its 4 samples' k are dependent
+    update, _ = _ce_update(model, batch)
+    result = RGAP()(model, update)
+    first = result.layers[0]
+    assert not result.combined and first.rank_deficiency > 0 and "input directions undetermined" in first.status_reason
+    assert result.status == "approximate" and result.layers[-1].status == "exact"

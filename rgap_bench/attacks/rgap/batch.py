@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from rgap_bench.attacks.metadata import shared_labels
-from rgap_bench.attacks.rgap.batch_solve import HEAD_TOL, head_rank, solve_head, solve_layer
+from rgap_bench.attacks.rgap.batch_solve import head_rank, solve_head, solve_layer
 from rgap_bench.attacks.rgap.layers import RGAPLayer, describe_op
 from rgap_bench.attacks.rgap.null_space import CONSISTENT_RESIDUAL as CONSISTENT
 from rgap_bench.attacks.rgap.report import run_status
@@ -83,28 +83,28 @@ def obstacle(layers: list[RGAPLayer], loss: str, labels: list[int] | None, batch
     return ""
 
 
-def _grade(residual: float, rank: int, batch_size: int, deficiency: int, x: Tensor) -> tuple[Status, str]:
+def _grade(residual: float, undetermined: str, x: Tensor) -> tuple[Status, str]:
+    """A split layer is exact when it fits its equations (R-GAP's 1e-3) and nothing in it is left undetermined."""
     broken = non_finite(x)
     if broken or not np.isfinite(residual):
         return "failed", broken or "the residual is NaN or Inf: the split broke down"
-    reasons = []
+    reasons = [undetermined]
     if residual >= CONSISTENT:
         reasons.append(f"residual too large: {residual:.1e} >= {CONSISTENT:.0e} (noisy or inconsistent update)")
-    if rank < batch_size and deficiency:
-        reasons.append(f"the samples' errors have rank {rank} < {batch_size}: {deficiency} directions undetermined")
-    return ("approximate" if reasons else "exact"), join(reasons)
+    return ("approximate" if any(reasons) else "exact"), join(reasons)
 
 
-def _report(layer: RGAPLayer, batch_size: int, solver: str, residual: float, rank: int, deficiency: int,
-            x: Tensor, time_s: float, note: str, iterations: int | None = None) -> LayerReport:  # fmt: skip
+def _report(layer: RGAPLayer, batch_size: int, solver: str, residual: float, deficiency: int, undetermined: str,
+            x: Tensor, began: float, note: str, iterations: int | None = None) -> LayerReport:  # fmt: skip
+    """The layers.json row of one split layer: its unknowns are the B samples' inputs."""
     unknowns = batch_size * layer.unknowns
     report = LayerReport(
         layer.index, describe_op(layer.op), unknowns=unknowns, unknowns_padded=unknowns,
         gradient_constraints=layer.grad.numel(), weight_constraints=batch_size * layer.op.weight.shape[0],
         padding_constraints=0, rank=unknowns - deficiency, rank_deficiency=deficiency, rank_method="batch split",
-        residual_rel=residual, solver=solver, iterations=iterations, time_s=time_s, note=note,
+        residual_rel=residual, solver=solver, iterations=iterations, time_s=time.perf_counter() - began, note=note,
     )  # fmt: skip
-    report.status, report.status_reason = _grade(residual, rank, batch_size, deficiency, x)
+    report.status, report.status_reason = _grade(residual, undetermined, x)
     return report
 
 
@@ -113,34 +113,32 @@ def split_batch(layers: list[RGAPLayer], labels: list[int], scale: int, dtype: t
     b = len(labels)
     began = time.perf_counter()
     head = solve_head(layers[-1], labels, scale, dtype)
-    full = head.jacobian_rank == b * b
-    note = f"features unique given the labels (Jacobian rank {head.jacobian_rank} of {b * b})"
-    reports = [
-        _report(layers[-1], b, "batch head: Newton", head.residual_rel, b if full else 0, 0 if full else b * b -
-                head.jacobian_rank, head.x, time.perf_counter() - began, note, head.steps)
-    ]  # fmt: skip
+    free = b * b - head.jacobian_rank  # directions of H the head's equations do not fix at the root
+    undetermined = f"the head's root is not isolated ({free} free directions)" if free else ""
+    note = f"Jacobian rank {head.jacobian_rank} of {b * b} at the root"
+    reports = [_report(layers[-1], b, "batch head: Newton", head.residual_rel, free, undetermined, head.x, began,
+                       note, head.steps)]  # fmt: skip
     x, k = head.x, head.k
     for layer in reversed(layers[:-1]):
         began = time.perf_counter()
-        upper = layers[layer.index + 1]
         z = layer.act.inverse(x)
-        k = (k @ upper.op.weight.detach().to(dtype)) * layer.act.derivative(z)
+        k = (k @ layers[layer.index + 1].op.weight.detach().to(dtype)) * layer.act.derivative(z)
         split = solve_layer(layer, k, z, dtype)
-        note = f"weight rows fit to {split.weight_residual_rel:.1e}"
+        undetermined = f"{split.deficiency} input directions undetermined" if split.deficiency else ""
+        note = f"rank(K) = {split.rank} of {b}; weight rows fit to {split.weight_residual_rel:.1e}"
         residual = max(split.residual_rel, split.weight_residual_rel)
-        reports.append(_report(layer, b, "batch: (K^T)^+ dW", residual, split.rank, split.deficiency, split.x,
-                               time.perf_counter() - began, note))  # fmt: skip
+        reports.append(_report(layer, b, "batch: (K^T)^+ dW", residual, split.deficiency, undetermined, split.x,
+                               began, note))  # fmt: skip
         x = split.x
     reports.reverse()
     images = x.reshape(b, *layers[0].in_shape).float().cpu()
     residual = float(np.mean([r.residual_rel for r in reports]))
     violation = float((images - images.clamp(0, 1)).abs().mean())
     status, reason = run_status(reports, clamped=False)
-    info = {"batch": {"split": True, "labels": labels, "head_steps": head.steps, "head_residual": head.residual_rel,
-                      "head_tolerance": HEAD_TOL}}  # fmt: skip
+    info = {"split": True, "labels": labels, "head_steps": head.steps, "head_residual": head.residual_rel}
     return Reconstruction(
         inputs=images, labels=torch.tensor(labels), layers=reports, residual_rel=residual,
-        range_violation=violation, status=status, status_reason=reason, info=info,
+        range_violation=violation, status=status, status_reason=reason, info={"batch": info},
     )  # fmt: skip
 
 

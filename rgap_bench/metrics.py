@@ -50,7 +50,9 @@ METRICS_SPEC: dict[str, Any] = {  # the machine-readable summary of docs/metrics
     "exact_threshold_psnr_db": EXACT_PSNR_DB,
     "matching": "one-to-one Hungarian assignment minimising total clamped MSE (scipy linear_sum_assignment)",
     "combined": "one reconstruction standing for a batch is scored against the originals' batch mean",
+    "combined_per_sample": "a combined reconstruction also against each original; matched: the Hungarian pick",
     "label_acc": "share of labels recovered correctly, after the image assignment",
+    "label_acc_combined": "a combined reconstruction's batch labels as a multiset: sum_c min(count) / B",
 }
 
 
@@ -144,6 +146,28 @@ def reconstruction_metrics(reconstruction: Tensor, originals: Tensor, *, combine
         "ssim_window": window,
         "ssim_sigma": sigma,
     }
+
+
+def combined_per_sample(reconstruction: Tensor, originals: Tensor) -> dict[str, Any]:
+    """A combined reconstruction (1, C, H, W) against every original: what it says about each sample, and the one
+    the Hungarian assignment (minimal clamped MSE, as for per-sample reconstructions) pairs it with."""
+    recon = reconstruction.detach().to(device="cpu", dtype=torch.float64).clamp(0.0, 1.0)
+    orig = originals.detach().to(device="cpu", dtype=torch.float64)
+    psnr = _psnr(_per_image_mse(recon.expand_as(orig), orig))
+    matched = _match(recon, orig)[0]
+    return {"matched_original": matched, "matched_psnr": float(psnr[matched]), "psnr": psnr.tolist()}
+
+
+def label_multiset_accuracy(predicted: Tensor, true: Tensor) -> float:
+    """Labels of a batch recovered without an order (a combined reconstruction): the share of the true labels
+    found, counting each class at most as often as it occurs in the batch."""
+    true = true.reshape(-1).cpu()
+    predicted = predicted.reshape(-1).cpu()
+    if predicted.numel() != true.numel() or true.numel() == 0:
+        raise ValueError(f"{predicted.numel()} predicted labels for {true.numel()} true labels")
+    classes = int(max(int(true.max()), int(predicted.max()))) + 1
+    hits = torch.minimum(torch.bincount(predicted, minlength=classes), torch.bincount(true, minlength=classes))
+    return float(hits.sum()) / true.numel()
 
 
 def label_accuracy(predicted: Tensor, true: Tensor, assignment: list[int] | None = None) -> float:

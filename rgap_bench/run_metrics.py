@@ -16,7 +16,13 @@ from typing import Any
 
 from torch import Tensor
 
-from rgap_bench.metrics import METRICS_SPEC, label_accuracy, reconstruction_metrics
+from rgap_bench.metrics import (
+    METRICS_SPEC,
+    combined_per_sample,
+    label_accuracy,
+    label_multiset_accuracy,
+    reconstruction_metrics,
+)
 from rgap_bench.provenance import package_versions
 from rgap_bench.types import Reconstruction, Status
 
@@ -73,6 +79,16 @@ def _grade(reconstruction: Reconstruction, scores: dict[str, Any]) -> tuple[Stat
     return "failed", "; ".join(r for r in (reason, reconstruction.status_reason) if r)
 
 
+def _matched_clients(
+    sample_clients: list[int] | None, assignment: list[int] | None, combined: dict[str, Any] | None
+) -> list[int] | None:
+    """Which client each reconstruction matched (an aggregate of several clients' updates); None otherwise."""
+    if sample_clients is None:
+        return None
+    originals = [combined["matched_original"]] if combined is not None else assignment or [0]
+    return [sample_clients[j] for j in originals]
+
+
 @dataclass(frozen=True)
 class RunMetrics:
     """Scores of a reconstruction against the private batch, with everything `metrics.json` reports beside them."""
@@ -84,13 +100,16 @@ class RunMetrics:
     exact_rate: float
     attack_status: Status
     attack_status_reason: str
-    label_acc: float | None  # None when the attack returns no labels or one combined image
+    label_acc: float | None  # None when the attack returns no labels (a combined image: its batch's, unordered)
     label_source: str  # shared | inferred
     attack_time_s: float
     rank_deficiency: int | None  # summed over the layers that report one; None when none does
     combined: bool
+    combined_reason: str | None  # why the attack returned one image for the batch (None when it did not)
+    combined_per_sample: dict[str, Any] | None  # a combined image against each original (metrics.py)
     per_image: list[dict[str, Any]]
     assignment: list[int] | None
+    matched_clients: list[int] | None  # fl.aggregate: the client of the original each reconstruction matched
     indices: list[int]
     run: dict[str, Any]  # what was run (attack, model, data, defence, client, seed, dtype, device)
     attack_info: dict[str, Any]
@@ -108,13 +127,19 @@ class RunMetrics:
         indices: list[int],
         run: dict[str, Any],
         client: dict[str, Any],
+        sample_clients: list[int] | None = None,
     ) -> RunMetrics:
         """Score `reconstruction` against the private `originals` and the labels the client trained on."""
         scores = reconstruction_metrics(
             reconstruction.inputs.detach().cpu(), originals.cpu(), combined=reconstruction.combined
         )
-        label_acc = None
-        if reconstruction.labels is not None and not reconstruction.combined:
+        label_acc, per_sample, why = None, None, None
+        if reconstruction.combined:
+            per_sample = combined_per_sample(reconstruction.inputs, originals)
+            why = reconstruction.info.get("batch", {}).get("combined_reason")
+            if reconstruction.labels is not None and reconstruction.labels.numel() == targets.numel():
+                label_acc = label_multiset_accuracy(reconstruction.labels, targets)
+        elif reconstruction.labels is not None:
             label_acc = label_accuracy(reconstruction.labels.cpu(), targets.cpu(), scores["assignment"])
         deficiency = [r.rank_deficiency for r in reconstruction.layers if r.rank_deficiency is not None]
         status, reason = _grade(reconstruction, scores)
@@ -131,8 +156,11 @@ class RunMetrics:
             attack_time_s=attack_time_s,
             rank_deficiency=sum(deficiency) if deficiency else None,
             combined=reconstruction.combined,
+            combined_reason=why,
+            combined_per_sample=per_sample,
             per_image=scores["per_image"],
             assignment=scores["assignment"],
+            matched_clients=_matched_clients(sample_clients, scores["assignment"], per_sample),
             indices=indices,
             run=run,
             attack_info=reconstruction.info,
@@ -155,8 +183,11 @@ class RunMetrics:
             "attack_time_s": self.attack_time_s,
             "rank_deficiency": self.rank_deficiency,
             "combined": self.combined,
+            "combined_reason": self.combined_reason,
+            "combined_per_sample": self.combined_per_sample,
             "per_image": self.per_image,
             "assignment": self.assignment,
+            "matched_clients": self.matched_clients,
             "indices": self.indices,
             "run": self.run,
             "attack_info": self.attack_info,

@@ -114,6 +114,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
         indices=batch.indices.tolist(),
         run=_run_description(cfg, device),
         client=fl_round.record(),
+        sample_clients=fl_round.sample_clients,
     )
     results = metrics.record()
     if metrics.attack_status != "exact":
@@ -148,6 +149,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict[st
         ]
         if metrics.rank_deficiency:
             rows.insert(3, ("rank deficiency", str(metrics.rank_deficiency)))
+        if metrics.combined:  # one image for the batch: the scores above are against the batch mean
+            rows.insert(0, ("combined", "one image for the batch, scored against its mean"))
         print_summary(rows, title=f"{cfg.attack.name} on {cfg.model.name}, {data.name} #{batch.indices.tolist()}")
     return results
 

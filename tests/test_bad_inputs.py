@@ -234,7 +234,6 @@ ROWS = [
     ),
     Row("rgap-bias", (*SMALL, "model.layers.2.bias=true"), ("bias-free output layer", "client.loss=cross_entropy")),
     Row("rgap-cross-entropy", (*SMALL, "client.loss=cross_entropy"), ("one logit per class", "out: <classes>")),
-    Row("rgap-batch", (*SMALL, "data.batch_size=2"), ("R-GAP recovers one sample", "data.batch_size=1")),
     Row("no-cuda", ("device=cuda",), ("no CUDA device is available; use device=cpu",)),
     # W&B misconfigured: a warning, and the run is logged offline
     Row(

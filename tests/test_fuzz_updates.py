@@ -144,7 +144,8 @@ def check_contract(attack, model: torch.nn.Module, update: ClientUpdate) -> Reco
         event(f"raised {type(exc).__name__}")  # --hypothesis-show-statistics: how often each outcome was reached
         return None
     assert isinstance(rec, Reconstruction)
-    assert rec.inputs.shape == (update.metadata.batch_size, *update.metadata.input_shape)
+    images = 1 if rec.combined else update.metadata.batch_size  # a combined reconstruction: one image for the batch
+    assert rec.inputs.shape == (images, *update.metadata.input_shape)
     finite = bool(torch.isfinite(rec.inputs).all())
     event(f"reconstructed, {rec.status}" + ("" if finite else ", not finite"))
     assert rec.status in STATUSES and rec.status_reason != UNASSESSED

@@ -160,15 +160,6 @@ def test_nan_gradient_is_rejected_with_the_tensor_name(make_update, photo_batch)
         attack(model, dataclasses.replace(update, tensors=tensors))
 
 
-def test_batches_are_refused_with_advice(make_update, photo_batch):
-    model = _tiny()
-    batch = photo_batch(image_size=4, channels=1)
-    update = make_update(model, batch)
-    update = dataclasses.replace(update, metadata=dataclasses.replace(update.metadata, batch_size=4))
-    with pytest.raises(UnsupportedModelError, match="batch_size=1"):
-        attack(model, update)
-
-
 def test_float32_solve_still_recovers(make_update, photo_batch, psnr):
     torch.manual_seed(0)
     model = fcn3(in_channels=3, image_size=8)

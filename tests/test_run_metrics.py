@@ -16,7 +16,8 @@ CLIENT = {
 RECORD_KEYS = [
     "status", "attack_status", "attack_status_reason", "mse", "mse_unclamped", "psnr", "ssim", "exact_rate",
     "label_acc", "label_source", "attack_time_s",
-    "rank_deficiency", "combined", "per_image", "assignment", "indices", "run", "attack_info",
+    "rank_deficiency", "combined", "combined_reason", "combined_per_sample",
+    "per_image", "assignment", "matched_clients", "indices", "run", "attack_info",
     "update", "pretrain", "defense_report", "utility", "spec", "versions",
 ]  # fmt: skip
 

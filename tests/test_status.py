@@ -177,7 +177,7 @@ def test_metrics_json_carries_the_attack_status_and_layers_json_the_layer_status
 
 def test_an_attack_that_refuses_the_update_is_recorded_as_unsupported(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    argv = ["rgap_bench", "model=convnet", "data.image_size=8", "data.batch_size=2", "logger=none"]
+    argv = ["rgap_bench", "model=convnet", "data.image_size=8", "client.loss=cross_entropy", "logger=none"]
     argv += ["save_images=false", f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
@@ -185,4 +185,4 @@ def test_an_attack_that_refuses_the_update_is_recorded_as_unsupported(tmp_path, 
     assert exit_info.value.code == 1
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["status"], metrics["attack_status"]) == ("failed", "unsupported")
-    assert "data.batch_size=1" in metrics["attack_status_reason"]
+    assert "one logit per class" in metrics["attack_status_reason"]

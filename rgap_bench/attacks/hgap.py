@@ -78,6 +78,11 @@ class HGAP:
         except UnsupportedModelError as exc:
             log.warning("%s: R-GAP cannot run (%s); gradient matching from random inputs only", self.name, exc)
             closed, unsupported = None, f"R-GAP cannot run ({exc}), matched from random inputs"
+        if closed is not None and closed.combined:  # one image for a batch: no per-sample start for matching
+            reason = closed.info.get("batch", {}).get("combined_reason", "")
+            log.warning("%s: R-GAP could not split the batch (%s); gradient matching from random inputs", self.name,
+                        reason)  # fmt: skip
+            closed, unsupported = None, f"R-GAP could not split the batch ({reason}), matched from random inputs"
         deficient = [] if closed is None else [r.index for r in closed.layers if r.rank_deficiency]
         if closed is not None and not deficient:
             return _with_info(closed, hgap={"stage": "rgap", "deficient_layers": []})

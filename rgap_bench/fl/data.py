@@ -33,6 +33,8 @@ class FLOptions:
     partition: str = "iid"  # iid | dirichlet
     alpha: float = 0.5  # Dirichlet concentration over classes (small = each client holds few classes)
     client: int = 0  # the attacked client; with num_clients > 1 its private batch comes from its own shard
+    # secure aggregation: every client sends an update on its own batch, the server sees only their weighted mean
+    aggregate: bool = False
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -141,12 +143,14 @@ class FederatedDataModule(L.LightningDataModule):
         self.setup()
         return partition_stats(self.source.dataset.labels, self.shards, self.source.num_classes)
 
-    def private_batch(self, seed: int) -> PrivateBatch:
-        """The attacked client's private samples, taken from its own shard (data.index counts within the shard)."""
-        shard = self.shard()
+    def private_batch(self, seed: int, client: int | None = None) -> PrivateBatch:
+        """A client's private samples (the attacked one's by default), taken from its own shard (data.index counts
+        within the shard)."""
+        client = self.client if client is None else client
+        shard = self.shard(client)
         size = self.source.batch_size
         if not 1 <= size <= len(shard):
-            raise ConfigError(f"client {self.client} holds {len(shard)} samples, fewer than data.batch_size={size}")
+            raise ConfigError(f"client {client} holds {len(shard)} samples, fewer than data.batch_size={size}")
         if self.source.index is not None:
             picks = (self.source.index + torch.arange(size)) % len(shard)
         else:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from rgap_bench.data.base import ImageSource
 from rgap_bench.errors import ConfigError
+from rgap_bench.fl.aggregate import aggregate_round, check_aggregation, client_batches, concat_batches
 from rgap_bench.fl.data import FederatedDataModule, fl_options
 from rgap_bench.fl.server import pretrain
 from rgap_bench.fl.updates import check_finite
@@ -38,6 +39,7 @@ class ClientRound:
     targets: Tensor
     update: ClientUpdate  # as sent: after the defences
     reports: dict[str, Any] = field(default_factory=dict)  # defense_report, pretrain, fl, utility -> metrics.json
+    sample_clients: list[int] | None = None  # fl.aggregate: the client each sample of `batch` came from
 
     def record(self) -> dict[str, Any]:
         """What metrics.json carries about the client side: the update's public metadata and the reports."""
@@ -79,6 +81,9 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
     reports: dict[str, Any] = {}
     dataset_size = len(data.dataset)
     fl_options(cfg.fl)  # refuse a bad fl.* setting even when there is no federation to use it
+    batches = None
+    if cfg.fl.aggregate:
+        check_aggregation(cfg)
     if cfg.fl.num_clients > 1:
         federation = FederatedDataModule(
             data, cfg.fl.num_clients, cfg.fl.partition, cfg.fl.alpha, cfg.seed, client=cfg.fl.client
@@ -88,6 +93,9 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
         stats = federation.stats()
         reports["fl"] = {**dict(cfg.fl), "client_samples": dataset_size, **stats}
         log.info("client %d of %d holds %d samples", cfg.fl.client, cfg.fl.num_clients, dataset_size)
+        if cfg.fl.aggregate:  # the server sees every client's batch through one weighted mean
+            batches = client_batches(federation, cfg.seed)
+            batch = concat_batches(batches)
     else:
         batch = data.private_batch(cfg.seed)
     log.info("private batch: %s samples %s", data.name, batch.indices.tolist())
@@ -97,14 +105,18 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
     check_input_shape(model, batch)
     client = instantiate(cfg.client, model=model).to(device)
     reports["pretrain"] = pretrain(model, cfg.pretrain, data, client.loss, batch.indices, run_dir, device, cfg.seed)
-
-    targets = client.targets(batch)
-    update = client.compute_update(batch, targets)
-    check_finite(update, f"the {cfg.client.name} client's update", _divergence_hint(cfg, update))
-    defense = instantiate(cfg.defense)
-    context = ClientContext(model, batch.inputs.to(device), targets, client.loss, dataset_size)
-    update = defense(update, context)
-    report = defense.report()
+    if batches is not None:  # fl.aggregate: each client defends its own update; the server sees their mean
+        agg = aggregate_round(cfg, batches, federation, model, device)
+        batch, targets, update, sample_clients = agg.batch, agg.targets, agg.update, agg.sample_clients
+        report = {**agg.defense_reports[0], "clients": agg.defense_reports}
+        reports["fl"]["sample_clients"] = sample_clients
+    else:
+        targets = client.targets(batch)
+        update = client.compute_update(batch, targets)
+        check_finite(update, f"the {cfg.client.name} client's update", _divergence_hint(cfg, update))
+        defense = instantiate(cfg.defense)
+        update = defense(update, ClientContext(model, batch.inputs.to(device), targets, client.loss, dataset_size))
+        report, sample_clients = defense.report(), None
     nodes = ", ".join(f"defense.{name}.*" for name in report["name"].split("+"))
     check_finite(update, f"the update after defence {report['name']}", f"check its parameters ({nodes})")
     reports["defense_report"] = report
@@ -112,4 +124,4 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
         utility = evaluate_utility(model, cfg.defense, data, client.loss, batch.indices, device, cfg.seed)
         reports["utility"] = utility
         log.info("utility with defence %s: test accuracy %.3f", report["name"], utility["test_acc"])
-    return ClientRound(batch, model, targets, update, reports)
+    return ClientRound(batch, model, targets, update, reports, sample_clients)

@@ -13,6 +13,7 @@ from torch import nn
 
 from rgap_bench.attacks.logistic_scalar import F_MIN, U_STAR, invert_logistic_scalar, logistic_weight
 from rgap_bench.attacks.metadata import check_batch_size, shared_labels
+from rgap_bench.attacks.rgap.batch import attack_batch
 from rgap_bench.attacks.rgap.layers import RGAPLayer, describe_op, read_layers
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.recursion import recurse
@@ -60,13 +61,7 @@ def _check_update(meta: UpdateMetadata) -> int:
     check_batch_size(meta)
     if meta.kind != "gradient":
         raise UnsupportedModelError(f"R-GAP inverts gradients (FedSGD); got an update of kind {meta.kind!r}")
-    scale = loss_scale(meta)
-    if meta.batch_size != 1:
-        raise UnsupportedModelError(
-            f"R-GAP recovers one sample; this update averages {meta.batch_size}. Use data.batch_size=1, or a "
-            "gradient-matching attack for batches"
-        )
-    return scale
+    return loss_scale(meta)
 
 
 def _check_head(head: RGAPLayer, meta: UpdateMetadata) -> None:
@@ -157,6 +152,8 @@ class RGAP:
         layers = read_layers(model, update, self.dtype)
         head = layers[-1]
         _check_head(head, meta)
+        if meta.batch_size > 1:  # each sample when the batch splits, else the paper's combination (batch.py)
+            return attack_batch(model, update, layers, self._attack, scale)
         c, clamped = None, False
         if meta.loss.name == "binary_logistic":
             starts, c, clamped = _logistic_starts(head, meta, scale, self.dtype)

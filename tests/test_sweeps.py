@@ -1,0 +1,120 @@
+"""Sweeps: isolated jobs, resume after a kill, run directories that never collide, launchers."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from rgap_bench.__main__ import main
+from rgap_bench.resume import completed_result, config_digest, start_job
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ("model=convnet", "data.image_size=8", "logger=none", "save_images=false", "print_summary=false")
+QUIET = ("hydra/job_logging=none", "hydra/hydra_logging=none")
+
+
+def run_sweep(monkeypatch: pytest.MonkeyPatch, sweep: Path, *overrides: str) -> None:
+    """`python -m rgap_bench -m ...` in this process (the basic launcher runs the jobs one after the other)."""
+    argv = ["rgap_bench", "-m", *TINY, *overrides, f"hydra.sweep.dir={sweep}", *QUIET]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+
+
+def results(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))}
+
+
+def without_times(node):
+    """A result with its wall-clock timings and versions left out: what two runs of one job must agree on."""
+    if isinstance(node, dict):
+        return {k: without_times(v) for k, v in node.items() if "time" not in k and k != "versions"}
+    if isinstance(node, list):
+        return [without_times(v) for v in node]
+    return node
+
+
+def test_resume_reruns_the_killed_and_failed_jobs_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data=cifar10 looks for its (absent) folder under the working directory: it fails
+    sweep = tmp_path / "sweep"
+    grid = ("data=photos,cifar10", "seed=0,1")
+    run_sweep(monkeypatch, sweep, *grid)
+    uninterrupted = results(sweep)
+    assert [r["status"] for r in uninterrupted.values()] == ["ok", "ok", "failed", "failed"]
+    assert "never downloads" in uninterrupted["2_convnet_rgap"]["error"]
+
+    (sweep / "0_convnet_rgap" / "metrics.json").unlink()  # killed while job 0 ran: no result, or a stale one
+    kept = (sweep / "1_convnet_rgap" / "metrics.json").stat().st_mtime_ns
+    failed = (sweep / "2_convnet_rgap" / "metrics.json").stat().st_mtime_ns
+    run_sweep(monkeypatch, sweep, *grid, "resume=true")
+
+    resumed = results(sweep)
+    assert without_times(resumed) == without_times(uninterrupted)
+    assert (sweep / "1_convnet_rgap" / "metrics.json").stat().st_mtime_ns == kept  # complete: skipped
+    assert (sweep / "2_convnet_rgap" / "metrics.json").stat().st_mtime_ns != failed  # failed: tried again
+
+
+def test_a_result_counts_as_complete_only_for_its_own_config(tmp_path):
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=list(TINY))
+        other = compose("config", overrides=[*TINY, "attack.rank=off"])
+        resumed = compose("config", overrides=[*TINY, "resume=true", "logger=wandb"])
+    start_job(tmp_path, cfg, [])
+    assert completed_result(tmp_path, cfg) is None  # no metrics.json yet
+    for status, attack_status, complete in [
+        ("ok", "exact", True),
+        ("failed", "unsupported", True),  # the attack refuses this model: a rerun would refuse it again
+        ("failed", "failed", False),
+        ("interrupted", "failed", False),
+    ]:
+        (tmp_path / "metrics.json").write_text(json.dumps({"status": status, "attack_status": attack_status}))
+        assert (completed_result(tmp_path, cfg) is not None) == complete, (status, attack_status)
+        assert (completed_result(tmp_path, resumed) is not None) == complete  # resume and logger change no result
+        assert completed_result(tmp_path, other) is None  # another config's result is never kept
+    (tmp_path / "metrics.json").write_text('{"status": "o')  # not JSON (atomic writes make this a foreign file)
+    assert completed_result(tmp_path, cfg) is None
+    assert config_digest(cfg) == config_digest(resumed) != config_digest(other)
+
+
+def test_a_rerun_starts_without_the_previous_result(tmp_path):
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=list(TINY))
+    (tmp_path / "metrics.json").write_text('{"status": "ok"}')
+    (tmp_path / "client.json").write_text("{}")
+    start_job(tmp_path, cfg, ["seed=1"])
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "client.json").exists()
+    assert json.loads((tmp_path / "job.json").read_text()) == {
+        "config_digest": config_digest(cfg),
+        "overrides": ["seed=1"],
+    }
+
+
+def test_two_sweeps_started_in_the_same_second_get_their_own_directories():
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        first = compose("config", return_hydra_config=True)
+        second = compose("config", return_hydra_config=True)
+    assert first.hydra.sweep.dir == first.hydra.sweep.dir  # drawn once per config: every job agrees on it
+    assert first.hydra.sweep.dir != second.hydra.sweep.dir
+    assert first.hydra.run.dir != second.hydra.run.dir
+
+
+@pytest.mark.slow
+def test_joblib_runs_the_jobs_in_parallel_processes_with_one_thread_each(tmp_path):
+    """`hydra/launcher=joblib` as a new user runs it: the launcher is installed and each job gets its own process."""
+    import subprocess
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    env.pop("OMP_NUM_THREADS", None)  # the launcher, not the caller, must keep 2 jobs on 2 cores from oversubscribing
+    args = [*TINY, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rgap_bench", "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    jobs = results(sweep)
+    assert [r["status"] for r in jobs.values()] == ["ok", "ok"]
+    assert all(r["run"]["threads"] <= max(1, (os.cpu_count() or 1) // 2) for r in jobs.values())
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr

@@ -6,12 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
 
 from rgap_bench.__main__ import main
 from rgap_bench.resume import completed_result, config_digest, start_job
 
 ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 TINY = ("model=convnet", "data.image_size=8", "logger=none", "save_images=false", "print_summary=false")
 QUIET = ("hydra/job_logging=none", "hydra/hydra_logging=none")
 
@@ -118,3 +121,47 @@ def test_joblib_runs_the_jobs_in_parallel_processes_with_one_thread_each(tmp_pat
     assert [r["status"] for r in jobs.values()] == ["ok", "ok"]
     assert all(r["run"]["threads"] <= max(1, (os.cpu_count() or 1) // 2) for r in jobs.values())
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+
+
+def sweep_axes(params: dict[str, str]) -> list[list[str]]:
+    """The overrides along each axis of a `hydra.sweeper.params` grid (plain comma lists, as the presets use)."""
+    return [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+
+
+def axis_jobs(axes: list[list[str]]) -> list[list[str]]:
+    """Jobs that take every value of every axis at least once (the others at their first value): composing the
+    whole grid would cost minutes, and a value that fails to compose fails here too."""
+    first = [axis[0] for axis in axes]
+    jobs = [first]
+    for i, axis in enumerate(axes):
+        jobs += [[*first[:i], value, *first[i + 1 :]] for value in axis[1:]]
+    return jobs
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_value_of_every_preset_composes_and_builds_its_model(preset):
+    """Each value a preset sweeps composes against the schemas, and the model takes its data's input."""
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        sweep = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        axes = sweep_axes(dict(sweep.hydra.sweeper.params))
+        assert len(axes) > 1 and preset in sweep.logger.tags
+        built = set()
+        for job in axis_jobs(axes):
+            cfg = compose("config", overrides=[f"experiment={preset}", *job])
+            shape = (cfg.model.name, cfg.data.channels, cfg.data.image_size, str(cfg.model.get("layers")))
+            if shape not in built:
+                built.add(shape)
+                model = instantiate(cfg.model)
+                model(torch.zeros(1, cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+
+
+def test_noise_sweep_is_three_architectures_by_four_sigmas_by_two_attacks():
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        sweep = compose("config", overrides=["experiment=noise_sweep"], return_hydra_config=True)
+        arch, sigma, attack = sweep_axes(dict(sweep.hydra.sweeper.params))
+        setups = [compose("config", overrides=["experiment=noise_sweep", a]) for a in arch]
+    assert (len(arch), len(sigma), len(attack)) == (3, 4, 2)
+    assert [(c.model.name, c.data.name, c.data.batch_size) for c in setups] == [
+        ("cnn6", "photos", 1), ("cnn6d", "photos", 1), ("fcn3", "digits", 1)
+    ]  # fmt: skip
+    assert sigma[0] == "defense.gaussian.sigma=0" and {a.split("=")[1] for a in attack} == {"rgap", "dlg"}

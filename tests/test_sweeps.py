@@ -5,12 +5,14 @@ import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from rgap_bench.__main__ import main
+from rgap_bench.report import write_report
 from rgap_bench.resume import completed_result, config_digest, start_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +47,7 @@ def test_resume_reruns_the_killed_and_failed_jobs_only(tmp_path, monkeypatch):
     grid = ("data=photos,cifar10", "seed=0,1")
     run_sweep(monkeypatch, sweep, *grid)
     uninterrupted = results(sweep)
+    summary = write_report(sweep).jobs.drop(columns="attack_time_s")
     assert [r["status"] for r in uninterrupted.values()] == ["ok", "ok", "failed", "failed"]
     assert "never downloads" in uninterrupted["2_convnet_rgap"]["error"]
 
@@ -55,6 +58,7 @@ def test_resume_reruns_the_killed_and_failed_jobs_only(tmp_path, monkeypatch):
 
     resumed = results(sweep)
     assert without_times(resumed) == without_times(uninterrupted)
+    pd.testing.assert_frame_equal(write_report(sweep).jobs.drop(columns="attack_time_s"), summary)
     assert (sweep / "1_convnet_rgap" / "metrics.json").stat().st_mtime_ns == kept  # complete: skipped
     assert (sweep / "2_convnet_rgap" / "metrics.json").stat().st_mtime_ns != failed  # failed: tried again
 

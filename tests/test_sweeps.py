@@ -169,3 +169,28 @@ def test_noise_sweep_is_three_architectures_by_four_sigmas_by_two_attacks():
         ("cnn6", "photos", 1), ("cnn6d", "photos", 1), ("fcn3", "digits", 1)
     ]  # fmt: skip
     assert sigma[0] == "defense.gaussian.sigma=0" and {a.split("=")[1] for a in attack} == {"rgap", "dlg"}
+
+
+def test_slurm_example_composes_onto_the_submitit_slurm_launcher():
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task) == ("cpu", 60, 2)
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_two_job_sweep(tmp_path):
+    """`hydra/launcher=submitit_local`: the SLURM launcher's code path (pickled jobs, one process each), locally."""
+    import subprocess
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    args = [*TINY, "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rgap_bench", "-m", *args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["status"], r["run"]["seed"]) for r in results(sweep).values()] == [("ok", 0), ("ok", 1)]
+    assert list((sweep / ".submitit").iterdir())  # submitit's own job folders: it really went through submitit

@@ -41,6 +41,7 @@ from rgap_bench.logging.wandb_logger import WandbOptions
 from rgap_bench.models.convnet import ConvNetOptions
 from rgap_bench.models.layers import LayerSpec
 from rgap_bench.models.paper import CNN6dOptions, FCN3Options, PaperModelOptions
+from rgap_bench.resolvers import register_resolvers
 
 # Every defence (conf/defense/<default_name>.yaml): its options become the schema of defense.<default_name>.
 DEFENSES: tuple[type[Defense], ...] = (Clipping, DPSGD, GaussianNoise, LaplaceNoise, Pruning, Quantization)
@@ -191,6 +192,7 @@ class RunConfig:
     device: str = "cpu"  # cpu | cuda | auto
     save_images: bool = True
     print_summary: bool = True
+    resume: bool = False  # skip a job whose metrics.json is already complete (rgap_bench.resume)
 
 
 # (group, option) -> schema. Stored under ``schema/<group>`` so they never show up as selectable options;
@@ -223,7 +225,8 @@ SCHEMAS: dict[tuple[str, str], Any] = {
 
 
 def register_schemas() -> None:
-    """Put every schema into Hydra's ConfigStore (idempotent)."""
+    """Put every schema into Hydra's ConfigStore, and the run directories' resolvers into OmegaConf (idempotent)."""
+    register_resolvers()
     cs = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
         cs.store(group=group, name=name, node=node)

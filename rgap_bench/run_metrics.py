@@ -39,6 +39,9 @@ def client_summary(client: dict[str, Any]) -> dict[str, float]:
         out["pretrain/train_acc"] = pretrain["train_acc_eval"]
     defense = client["defense_report"]
     out["defense/distortion"] = defense["distortion"]
+    sigmas = [step["sigma"] for step in defense.get("steps", []) if isinstance(step.get("sigma"), int | float)]
+    if sigmas:  # the noise std of a noise defence (defense=gaussian): the x axis of a noise sweep
+        out["defense/sigma"] = sigmas[-1]
     if "epsilon" in defense:
         out["privacy/epsilon"] = defense["epsilon"]
     if "utility" in client:

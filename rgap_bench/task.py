@@ -3,6 +3,7 @@
 A failing job records why in its `metrics.json` and closes its logger; inside a multirun sweep it returns instead
 of raising, so one bad combination never ends the sweep or loses the other jobs' results. Ctrl-C records
 `status: interrupted` and ends the process (sweep included) with exit code 130, the shell's code for SIGINT.
+With `resume=true` a job whose result is already complete is skipped (`rgap_bench.resume` says when it is).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from rgap_bench.logging import (
     write_json,
 )
 from rgap_bench.rank.report import write_run_rank
+from rgap_bench.resume import completed_result, start_job
 from rgap_bench.run_metrics import (
     FAILED_SUMMARY,
     INTERRUPTED_SUMMARY,
@@ -160,6 +162,10 @@ def run_task(cfg: DictConfig) -> dict[str, Any] | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if cfg.resume and (done := completed_result(run_dir, cfg)) is not None:
+        log.info("resume: %s is complete (status %s), skipped", run_dir, done["status"])
+        return done
+    start_job(run_dir, cfg, list(hydra_cfg.overrides.task))
     logger = make_logger(cfg)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), run_dir.name)
     try:

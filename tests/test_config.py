@@ -40,6 +40,8 @@ def test_every_yaml_file_is_composed_by_a_test():
     """A new group or primary config must be added here, so that it is composed below too."""
     covered = {f"{g}/{o}.yaml" for g, o in OPTIONS} | {f"{p}.yaml" for p in PRIMARY}
     covered |= {f"hydra/{p.parent.name}/{p.name}" for p in CONF.glob("hydra/*/*.yaml")}
+    # sweep presets and the architectures they sweep: composed value by value in test_sweeps.py
+    covered |= {str(p.relative_to(CONF)) for g in ("experiment", "arch") for p in CONF.glob(f"{g}/*.yaml")}
     assert {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")} == covered
 
 

@@ -27,8 +27,9 @@ class WandbOptions:
     project: str = "rgap_bench"
     entity: str | None = None
     mode: str = "offline"  # offline | online | disabled; the WANDB_MODE environment variable wins
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
+    group: str | None = None  # null: the sweep directory's name inside a multirun, no group for a single run
+    job_type: str | None = None  # null: the attack's name (from the run's config)
+    tags: list[str] = field(default_factory=list)  # each experiment preset adds its name
 
 
 class WandbRunLogger(RunLogger):
@@ -36,7 +37,9 @@ class WandbRunLogger(RunLogger):
 
     ``WANDB_MODE`` in the environment wins over the configured mode, so a user can go online (or disable
     W&B) without editing configs. ``reinit="create_new"`` gives each Hydra multirun job in one process its own
-    run. A misconfiguration (an unknown mode, an online start that fails: no API key, no network, an unknown entity)
+    run; the jobs of one sweep share a group (the sweep directory's name, which `python -m rgap_bench.report
+    --wandb` uses for its run too) and each job's type is its attack, so the dashboard compares like with like.
+    A misconfiguration (an unknown mode, an online start that fails: no API key, no network, an unknown entity)
     costs a warning and the run is logged offline instead, to be synced later.
     """
 
@@ -47,6 +50,7 @@ class WandbRunLogger(RunLogger):
         self.entity = opts.entity
         self.mode = opts.mode
         self.group = opts.group
+        self.job_type = opts.job_type
         self.tags = [str(t) for t in opts.tags]
         self._run: Any = None
 
@@ -80,7 +84,8 @@ class WandbRunLogger(RunLogger):
                 dir=str(run_dir),
                 project=self.project,
                 entity=self.entity,
-                group=self.group,
+                group=self.group or sweep_group(),
+                job_type=self.job_type or _attack_name(config),
                 tags=self.tags,
                 name=run_name,
                 config=config,
@@ -117,6 +122,24 @@ class WandbRunLogger(RunLogger):
         if self._run is not None:
             run, self._run = self._run, None
             run.finish(exit_code=exit_code)
+
+
+def sweep_group() -> str | None:
+    """The W&B group of a Hydra multirun job: its sweep directory's name (None outside a multirun)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return None
+        return Path(HydraConfig.get().sweep.dir).name
+    except Exception:  # tracking is never worth failing a job for
+        return None
+
+
+def _attack_name(config: dict) -> str | None:
+    attack = config.get("attack")
+    return str(attack["name"]) if isinstance(attack, dict) and attack.get("name") else None
 
 
 @contextmanager

@@ -1,0 +1,79 @@
+"""R-GAP on models as federated learning trains them: confident softmax heads, pretrained multi-class nets with
+biases, and tiny CLI runs through every path of the multi-class / bias / activation extensions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rgap_bench.attacks.rgap import RGAP
+from rgap_bench.data.digits import EmbeddedDigits
+from rgap_bench.fl.client import FedSGDClient
+from rgap_bench.models import build_convnet
+
+
+def _mlp(bias: bool, hidden: tuple[int, ...] = (32, 16), activation: str = "leaky_relu") -> list[dict]:
+    body = [{"kind": "linear", "out": n, "activation": activation, "bias": bias} for n in hidden]
+    return [*body, {"kind": "linear", "out": 10, "activation": "identity", "bias": bias}]
+
+
+def _confident(model: torch.nn.Module, inputs: torch.Tensor, label: int, margin: float) -> None:
+    """Make `label` the prediction with logit margin `margin` over the runner-up: shift its row along the head's
+    input, then scale the whole head (a trained net's confidence comes from large logits, not from one row)."""
+    head = model.blocks[-1].op
+    with torch.no_grad():
+        x = inputs
+        for block in model.blocks[:-1]:
+            x = block(x)
+        h = x.flatten()
+        z = model(inputs)[0]
+        head.weight[label] += (1.0 + z.max() - z[label]) * h / (h @ h)
+        z = model(inputs)[0]
+        runner_up = torch.cat([z[:label], z[label + 1 :]]).max()
+        head.weight *= margin / float(z[label] - runner_up)
+        if head.bias is not None:
+            head.bias *= margin / float(z[label] - runner_up)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("margin", [10.0, 17.0, 25.0])
+def test_a_confident_prediction_is_recovered_exactly_with_its_label(bias, margin, psnr):
+    """A trained net is confident on its own data: 1 - p_t ~ e^-margin. The client computes g_t = p_t - 1 in
+    float32, which keeps 3 digits at margin 10, none at 17 (error ~ 1e-7 of 1e-7) and rounds it to 0 at 25:
+    the label's row then carries a wrong scale or nothing, and only the other rows tell x and the label."""
+    torch.manual_seed(0)
+    model = build_convnet(_mlp(bias), in_channels=1, image_size=8)
+    batch = EmbeddedDigits(name="digits", image_size=8, channels=1, index=1002).private_batch(0)
+    label = int(batch.labels[0])
+    _confident(model, batch.inputs, label, margin)
+    client = FedSGDClient(model, loss="cross_entropy", share_labels=False, label_policy="true")
+    update = client.compute_update(batch)
+    head_grad = update.tensors["blocks.2.op.weight"]
+    rel_row_error = float((head_grad[label] + head_grad.sum(0) - head_grad[label]).norm() / head_grad[label].norm())
+    assert update.metadata.client_loss < 1e-3  # the premise: a confident prediction
+    if margin == 25.0:
+        assert not bool(head_grad[label].any())  # the label's row rounded away entirely
+    elif margin == 17.0:
+        assert rel_row_error > 1e-2  # the label's row and the others' sum disagree by more than 1%
+    result = RGAP()(model, update)
+    assert int(result.labels[0]) == label
+    assert result.status == "exact"
+    assert psnr(result.inputs, batch.inputs) >= 60
+
+
+def test_two_classes_with_a_bias_take_the_label_from_the_negative_entry(photo_batch, psnr):
+    """With two classes both rows of dW oppose each other; the bias gradient g itself says which is the label."""
+    torch.manual_seed(0)
+    layers = [{"kind": "linear", "out": 12, "bias": True}, {"kind": "linear", "out": 2, "activation": "identity"}]
+    layers[1]["bias"] = True
+    model = build_convnet(layers, in_channels=1, image_size=6)
+    labels = []
+    for index in range(4):
+        batch = photo_batch(image_size=6, channels=1, index=index)
+        client = FedSGDClient(model, loss="cross_entropy", share_labels=False)
+        targets = client.targets(batch)
+        result = RGAP()(model, client.compute_update(batch, targets))
+        assert int(result.labels[0]) == int(targets[0])
+        assert psnr(result.inputs, batch.inputs) >= 60
+        labels.append(int(targets[0]))
+    assert set(labels) == {0, 1}  # both labels met

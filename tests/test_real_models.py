@@ -3,9 +3,13 @@ biases, and tiny CLI runs through every path of the multi-class / bias / activat
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 import torch
 
+from rgap_bench.__main__ import main
 from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.data.digits import EmbeddedDigits
 from rgap_bench.fl.client import FedSGDClient
@@ -77,3 +81,55 @@ def test_two_classes_with_a_bias_take_the_label_from_the_negative_entry(photo_ba
         assert psnr(result.inputs, batch.inputs) >= 60
         labels.append(int(targets[0]))
     assert set(labels) == {0, 1}  # both labels met
+
+
+def _cli(run_dir, *overrides: str) -> tuple[dict, list[dict]]:
+    """`python -m rgap_bench <overrides>` in this process: metrics.json and layers.json' layers."""
+    argv = ["rgap_bench", *overrides, "logger=none", "save_images=false", "print_summary=false"]
+    argv += [f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", argv)
+        main()
+    layers = json.loads((run_dir / "layers.json").read_text())["layers"]
+    return json.loads((run_dir / "metrics.json").read_text()), layers
+
+
+def _layers(specs: list[dict]) -> str:
+    """A `model.layers=` override from layer dicts."""
+    return "model.layers=[" + ",".join("{" + ",".join(f"{k}:{v}" for k, v in s.items()) + "}" for s in specs) + "]"
+
+
+TINY_CONV = [  # model=convnet's default body: every layer determined
+    {"kind": "conv", "out": 16, "kernel": 4, "stride": 2, "padding": 1},
+    {"kind": "conv", "out": 32, "kernel": 3, "stride": 2, "padding": 1},
+]
+CE_HEAD = {"kind": "linear", "out": 10, "activation": "identity"}
+CLI_CASES = {  # name: (data, layers): issue 14's paths, labels recovered from the gradient (not shared)
+    "ce-head": ("photos", [*TINY_CONV, CE_HEAD]),
+    "ce-head-biases": ("photos", [{**layer, "bias": True} for layer in [*TINY_CONV, CE_HEAD]]),
+    "sigmoid-mlp-biases": ("digits", _mlp(True, (24, 12), "sigmoid")),
+    "tanh-mlp-biases": ("digits", _mlp(True, (24, 12), "tanh")),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_runs_of_tiny_real_models_recover_image_and_label(case, tmp_path):
+    data, layers = CLI_CASES[case]
+    metrics, _ = _cli(tmp_path / "run", "model=convnet", _layers(layers), f"data={data}", "data.image_size=8",
+                      "data.index=3", "client.loss=cross_entropy", "client.label_policy=true",
+                      "client.share_labels=false")  # fmt: skip
+    assert metrics["status"] == "ok"
+    assert metrics["label_acc"] == 1.0 and metrics["label_source"] == "inferred"
+    assert metrics["psnr"] >= 40
+
+
+def test_a_pretrained_tiny_mlp_with_biases_is_exact_where_determined(tmp_path):
+    """One epoch on the digits makes the head confident; every linear layer is determined, so R-GAP is exact."""
+    metrics, layers = _cli(tmp_path / "run", "model=convnet", _layers(_mlp(True)), "data=digits",
+                           "data.image_size=8", "data.index=1503", "client.loss=cross_entropy",
+                           "client.label_policy=true", "client.share_labels=false", "pretrain.epochs=1",
+                           "pretrain.batch_size=50", "pretrain.lr=0.2")  # fmt: skip
+    assert metrics["pretrain"]["train_acc_eval"] >= 0.7  # the premise: a trained model, not a random one
+    assert [layer["rank_deficiency"] for layer in layers] == [0, 0, 0]
+    assert metrics["attack_status"] == "exact"
+    assert metrics["psnr"] >= 60 and metrics["label_acc"] == 1.0

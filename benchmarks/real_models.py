@@ -139,7 +139,8 @@ def markdown(result: dict) -> str:
     lines = [f"`{' '.join(result['overrides'])}`", "",
              f"Pretraining: {trained.get('epochs', 0)} epochs"
              + (f", training accuracy {acc:.3f} (on {trained['train_samples']} samples, the attacked ones left out), "
-                f"{trained['time_s']:.1f} s" if acc is not None else "") + ".", "",
+                f"{trained['time_s']:.1f} s" if acc is not None else "")
+             + (f" (loaded from {trained['checkpoint']})" if trained.get("loaded") else "") + ".", "",
              "| image | class | label trained | predicted | client loss | "
              + " | ".join(f"{a} label | {a} PSNR (dB) | {a} s" for a in attacks) + " |",
              "|---" * (5 + 3 * len(attacks)) + "|"]  # fmt: skip

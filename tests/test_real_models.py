@@ -24,15 +24,19 @@ def _mlp(bias: bool, hidden: tuple[int, ...] = (32, 16), activation: str = "leak
     return [*body, {"kind": "linear", "out": 10, "activation": "identity", "bias": bias}]
 
 
+def _head_input(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        for block in model.blocks[:-1]:
+            inputs = block(inputs)
+    return inputs.flatten()
+
+
 def _confident(model: torch.nn.Module, inputs: torch.Tensor, label: int, margin: float) -> None:
     """Make `label` the prediction with logit margin `margin` over the runner-up: shift its row along the head's
     input, then scale the whole head (a trained net's confidence comes from large logits, not from one row)."""
     head = model.blocks[-1].op
+    h = _head_input(model, inputs)
     with torch.no_grad():
-        x = inputs
-        for block in model.blocks[:-1]:
-            x = block(x)
-        h = x.flatten()
         z = model(inputs)[0]
         head.weight[label] += (1.0 + z.max() - z[label]) * h / (h @ h)
         z = model(inputs)[0]
@@ -65,6 +69,26 @@ def test_a_confident_prediction_is_recovered_exactly_with_its_label(bias, margin
     result = RGAP()(model, update)
     assert int(result.labels[0]) == label
     assert result.status == "exact"
+    assert psnr(result.inputs, batch.inputs) >= 60
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_class_whose_probability_underflows_adds_no_equation(bias, psnr):
+    """A class 150 logits below the label has p_j = 0 in float32: the client's row for it is zero, and the error
+    R-GAP propagates must be zero there too (a tiny float64 p_j would turn the zero row into the equation x = 0)."""
+    torch.manual_seed(0)
+    model = build_convnet(_mlp(bias), in_channels=1, image_size=8)
+    batch = EmbeddedDigits(name="digits", image_size=8, channels=1, index=1002).private_batch(0)
+    label, far = int(batch.labels[0]), (int(batch.labels[0]) + 1) % 10
+    _confident(model, batch.inputs, label, 10.0)
+    h = _head_input(model, batch.inputs)
+    with torch.no_grad():
+        model.blocks[-1].op.weight[far] -= 150.0 * h / (h @ h)
+    update = FedSGDClient(model, loss="cross_entropy", share_labels=False, label_policy="true").compute_update(batch)
+    rows = update.tensors["blocks.2.op.weight"]
+    assert (~rows.any(dim=1)).nonzero().flatten().tolist() == [far]  # the premise: that row, and only it, is zero
+    result = RGAP()(model, update)
+    assert int(result.labels[0]) == label and result.status == "exact"
     assert psnr(result.inputs, batch.inputs) >= 60
 
 

@@ -13,7 +13,8 @@ while every other row p_j x keeps its digits; the rows sum to zero, so minus the
 a = g_t x. Its start takes g_j = softmax(z)_j / s for j != t (what ties the root to the recursion: a wrong root's
 error vector does not fit the layers below) and g_t = <dW[t], x> / |x|^2, the client's own rounded value, which its
 lower layers' gradients were computed from. Both starts are tried when the two estimates of a disagree beyond
-rounding (AGREE), the label's row alone otherwise.
+rounding (AGREE), the label's row alone otherwise. A row the client rounded to zero (p_j underflowed) keeps a zero
+error in every start, as it had on the client.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def softmax_starts(weight: Tensor, grad: Tensor, bias_grad: Tensor | None, bias:
     if len(labels) > 1 and all(not bool(grad[label].any()) for label in labels):  # silent rows: the largest logit
         logits = weight @ grad.sum(dim=0)  # the sum of the non-zero rows is a positive multiple of x
         labels = [max(labels, key=lambda label: float(logits[label]))]
+    silent = ~grad.reshape(grad.shape[0], -1).any(dim=1)  # classes whose p_j the client's precision rounded to 0
     for label in labels:
         for a, from_rows in label_row_estimates(grad, label, scale):
             v = (weight @ a).double().cpu().numpy()
@@ -133,6 +135,7 @@ def softmax_starts(weight: Tensor, grad: Tensor, bias_grad: Tensor | None, bias:
                 k = (torch.softmax(z, dim=0) - eye[label]) / scale
                 if from_rows:  # the client's rounded g_t, which its lower layers' gradients were computed from
                     k[label] = (grad[label] @ x) / (x @ x)
+                k[silent] = 0.0  # as the client had it: a tiny g_j would make its zero row an equation x = 0
                 info = {"label": label, "g_label": gamma, **({"g_label_from": "other_rows"} if from_rows else {})}
                 starts.append(HeadStart(label, k, z, info))
     return starts

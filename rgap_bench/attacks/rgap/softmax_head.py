@@ -6,6 +6,15 @@ label, as in iDLG). With a bias, dL/db = g gives the error directly and x = g^T 
 direction of x is known, x = a / gamma with a = s dW[t] and gamma = s g_t in (-1, 0); gamma then solves the scalar
 equation 1 - softmax(W a / gamma)_t = -gamma, found by bracketing sign changes on a log grid of -gamma and refining
 each with Brent's method. Every root is a candidate: the recursion's consistency decides between them.
+
+A confident prediction: the client computes g_t = p_t - 1 in its own precision, which cancels most of its digits
+when 1 - p_t approaches that precision's epsilon (float32: a loss of 1e-3 keeps about 4 digits, 1e-6 about one),
+while every other row p_j x keeps its digits; the rows sum to zero, so minus the sum of the others is an accurate
+a = g_t x. Its start takes g_j = softmax(z)_j / s for j != t (what ties the root to the recursion: a wrong root's
+error vector does not fit the layers below) and g_t = <dW[t], x> / |x|^2, the client's own rounded value, which its
+lower layers' gradients were computed from. Both starts are tried when the two estimates of a disagree beyond
+rounding (AGREE), the label's row alone otherwise. A row the client rounded to zero (p_j underflowed) keeps a zero
+error in every start, as it had on the client.
 """
 
 from __future__ import annotations
@@ -24,12 +33,15 @@ from rgap_bench.errors import InvalidUpdateError
 log = logging.getLogger(__name__)
 
 LOG_GRID = np.linspace(-300.0, 0.0, 3001)  # log(-gamma): down to |gamma| = 1e-130, steps of 0.1 (10%)
+AGREE = 1e-6  # relative difference of the two estimates of g_t x below which they are rounding of the same vector
 
 
 def label_candidates(rows: Tensor) -> list[int]:
     """Classes whose gradient row points against every other non-zero row (rows: (C, ...) multiples of x, or the
-    bias gradient). With C >= 3 this is the label alone; with two non-zero rows both qualify. Noise (a defence)
-    can leave none (the caller then takes the largest row: |g_t| is the sum of the others)."""
+    bias gradient). With C >= 3 this is the label alone; with two non-zero rows both qualify. A prediction so
+    confident that the client's precision rounded 1 - p_t to zero leaves the label's row zero: then the zero rows
+    are the candidates (`softmax_starts` keeps the largest logit). Noise (a defence) can leave none (the caller
+    then takes the largest row: |g_t| is the sum of the others)."""
     flat = rows.reshape(rows.shape[0], -1).double()
     gram = flat @ flat.T
     norms = gram.diagonal()
@@ -39,6 +51,8 @@ def label_candidates(rows: Tensor) -> list[int]:
         )
     off = gram - torch.diag(norms)
     opposed = (norms > 0) & (off <= 0).all(dim=1)
+    if not bool(opposed.any()) and bool((off >= 0).all()):  # every non-zero row alike: the label's is silent
+        opposed = norms == 0
     return [int(j) for j in torch.nonzero(opposed).flatten()]
 
 
@@ -102,17 +116,49 @@ def softmax_starts(weight: Tensor, grad: Tensor, bias_grad: Tensor | None, bias:
     the bias (C,) and its gradient (C,). All tensors in the solve dtype."""
     starts = []
     eye = torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    if bias_grad is not None:
+        k = bias_grad
+        x = (k @ grad) / (k @ k)
+        z = weight @ x + bias
+        return [HeadStart(label, k, z, {"label": label, "g_label": float(k[label]) * scale})
+                for label in _bias_labels(labels, k, z)]  # fmt: skip
+    if len(labels) > 1 and all(not bool(grad[label].any()) for label in labels):  # silent rows: the largest logit
+        logits = weight @ grad.sum(dim=0)  # the sum of the non-zero rows is a positive multiple of x
+        labels = [max(labels, key=lambda label: float(logits[label]))]
+    silent = ~grad.reshape(grad.shape[0], -1).any(dim=1)  # classes whose p_j the client's precision rounded to 0
     for label in labels:
-        if bias_grad is not None:
-            k = bias_grad
-            x = (k @ grad) / (k @ k)
-            z = weight @ x + bias
-            starts.append(HeadStart(label, k, z, {"label": label, "g_label": float(k[label]) * scale}))
-            continue
-        a = grad[label] * scale
-        v = (weight @ a).double().cpu().numpy()
-        for gamma in gamma_roots(v, label):
-            z = weight @ (a / gamma)
-            k = (torch.softmax(z, dim=0) - eye[label]) / scale
-            starts.append(HeadStart(label, k, z, {"label": label, "g_label": gamma}))
+        for a, from_rows in label_row_estimates(grad, label, scale):
+            v = (weight @ a).double().cpu().numpy()
+            for gamma in gamma_roots(v, label):
+                x = a / gamma
+                z = weight @ x
+                k = (torch.softmax(z, dim=0) - eye[label]) / scale
+                if from_rows:  # the client's rounded g_t, which its lower layers' gradients were computed from
+                    k[label] = (grad[label] @ x) / (x @ x)
+                k[silent] = 0.0  # as the client had it: a tiny g_j would make its zero row an equation x = 0
+                info = {"label": label, "g_label": gamma, **({"g_label_from": "other_rows"} if from_rows else {})}
+                starts.append(HeadStart(label, k, z, info))
     return starts
+
+
+def _bias_labels(labels: list[int], k: Tensor, z: Tensor) -> list[int]:
+    """With a bias the error vector itself is known: the label's entry is its only negative one (with two classes
+    the signs of the rows alone leave both), or, where the client's precision rounded it to zero, the zero entry
+    of the largest logit."""
+    negative = [label for label in labels if float(k[label]) < 0]
+    return negative or [max(labels, key=lambda label: float(z[label]))]
+
+
+def label_row_estimates(grad: Tensor, label: int, scale: int) -> list[tuple[Tensor, bool]]:
+    """Estimates of a = g_t x (in the loss's unreduced scale) from a bias-free head's weight gradient: the label's
+    own row, and minus the sum of the other rows when the two disagree beyond rounding (a confident prediction,
+    or noise); the flag says which (True: from the other rows)."""
+    own = grad[label] * scale
+    others = torch.ones(grad.shape[0], dtype=torch.bool, device=grad.device)
+    others[label] = False
+    rest = -grad[others].sum(dim=0) * scale
+    if not bool(own.any()):  # the label's row rounded to zero: the other rows are all there is
+        return [(rest, True)]
+    if float((own - rest).norm()) <= AGREE * float(rest.norm()):
+        return [(own, False)]
+    return [(own, False), (rest, True)]

@@ -27,6 +27,8 @@ class RGAPOptions:
     tol: float = 1e-11  # iterative solver: relative residual of the normal equations
     max_iter: int = 3000  # iterative solver: iteration cap per layer
     carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
+    # refit the LeakyReLU derivatives whose sign noise leaves in doubt, then re-solve (a clean update has none)
+    refit_pattern: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float64", "float32"):

@@ -31,6 +31,20 @@ INTERRUPTED_SUMMARY = {"status": "interrupted"}
 SCORES = ("mse", "mse_unclamped", "psnr", "ssim", "exact_rate")
 
 
+def noise_levels(client: dict[str, Any]) -> dict[str, float | None] | None:
+    """The additive noise of the update (`metrics.json` `noise`): the absolute std per coordinate the noise
+    defences used (independent draws add in quadrature) and its level relative to the update's RMS (at the first
+    noise step: the update's scale before any noise); None without a noise defence."""
+    steps = [s for s in client.get("defense_report", {}).get("steps", []) if s.get("sigma_abs") is not None]
+    if not steps:
+        return None
+    sigma = math.sqrt(math.fsum(s["sigma_abs"] ** 2 for s in steps))
+    first = steps[0]
+    level = first.get("relative_level")
+    relative = level * sigma / first["sigma_abs"] if level is not None and first["sigma_abs"] > 0 else level
+    return {"sigma": sigma, "relative": relative}
+
+
 def client_summary(client: dict[str, Any]) -> dict[str, float]:
     """W&B summary keys of the client side, from its record (`ClientRound.record()`, as in `client.json`)."""
     out: dict[str, float] = {}
@@ -42,6 +56,11 @@ def client_summary(client: dict[str, Any]) -> dict[str, float]:
     sigmas = [step["sigma"] for step in defense.get("steps", []) if isinstance(step.get("sigma"), int | float)]
     if sigmas:  # the noise std of a noise defence (defense=gaussian): the x axis of a noise sweep
         out["defense/sigma"] = sigmas[-1]
+    noise = noise_levels(client)
+    if noise is not None:
+        out["defense/noise_sigma"] = noise["sigma"]
+        if noise["relative"] is not None:
+            out["defense/noise_relative"] = noise["relative"]
     if "epsilon" in defense:
         out["privacy/epsilon"] = defense["epsilon"]
     if "utility" in client:
@@ -194,6 +213,7 @@ class RunMetrics:
             "indices": self.indices,
             "run": self.run,
             "attack_info": self.attack_info,
+            "noise": noise_levels(self.client),
             **self.client,
             "spec": METRICS_SPEC,
             "versions": package_versions(),

@@ -60,6 +60,9 @@ class UpdateMetadata:
     training: bool | None = None  # the model's mode (dropout, batch-norm) when the client computed the update
     defenses: tuple[str, ...] = ()  # the defences applied, in order
     converted_from: str | None = None  # "weight_delta" when an attacker read a FedAvg delta as a gradient
+    # std of the additive noise per coordinate that a noise defence announced (public, e.g. a DP protocol's
+    # sigma): what R-GAP's discrepancy principle uses; None when no noise was announced
+    noise_sigma: float | None = None
 
     @property
     def exact_conversion(self) -> bool | None:
@@ -79,6 +82,8 @@ class UpdateMetadata:
         out["client_loss"] = self.client_loss
         if self.defenses:
             out["defenses"] = list(self.defenses)
+        if self.noise_sigma is not None:
+            out["noise_sigma"] = self.noise_sigma
         return out
 
 

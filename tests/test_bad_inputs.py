@@ -129,7 +129,16 @@ ROWS = [
     # values out of range (the options dataclasses' __post_init__)
     Row("batch-size-zero", ("data.batch_size=0",), ("data.batch_size must be >= 1, got 0",)),
     Row("batch-size-over-dataset", ("data.batch_size=41",), ("dataset size 40", "lower data.batch_size")),
-    Row("sigma-negative", ("defense=gaussian", "defense.gaussian.sigma=-1"), ("defense.gaussian.sigma must be >= 0",)),
+    Row(
+        "sigma-negative",
+        ("defense=gaussian", "defense.gaussian.sigma=-1"),
+        ("defense.gaussian.sigma must be a finite number >= 0",),
+    ),
+    Row(
+        "sigma-inf",
+        ("defense=gaussian", "defense.gaussian.sigma=inf"),
+        ("defense.gaussian.sigma must be a finite number >= 0",),
+    ),
     Row("ratio-above-one", ("defense=pruning", "defense.pruning.ratio=1.5"), ("ratio must be in [0, 1], got 1.5",)),
     Row("ratio-negative", ("defense=pruning", "defense.pruning.ratio=-0.1"), ("ratio must be in [0, 1]",)),
     Row("bits-zero", ("defense=quantization", "defense.quantization.bits=0"), ("bits must be between 1 and 32",)),

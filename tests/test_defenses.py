@@ -55,12 +55,50 @@ def test_laplace_noise_has_the_asked_statistics():
     assert float(noise.std()) == pytest.approx(math.sqrt(2) * b, rel=0.01)
 
 
+@pytest.mark.parametrize(
+    "cls, key, std_per_level", [(GaussianNoise, "sigma", 1.0), (LaplaceNoise, "scale", math.sqrt(2))]
+)
+def test_relative_noise_is_a_fraction_of_the_update_rms_and_announced(cls, key, std_per_level):
+    update = known_update(n=100_000, value=None)
+    scaled = ClientUpdate({n: 1e-6 * t for n, t in update.tensors.items()}, update.metadata)  # RMS ~ 1e-6
+    rms = float(flat(scaled).pow(2).mean().sqrt())
+    defense = cls(**{key: 0.01, "relative": True})
+    out = defense(scaled)
+    report = defense.report()
+    assert report["sigma_abs"] == pytest.approx(0.01 * rms * std_per_level, rel=1e-12)
+    assert report["relative_level"] == pytest.approx(0.01 * std_per_level, rel=1e-12)
+    assert float((flat(out) - flat(scaled)).std()) == pytest.approx(report["sigma_abs"], rel=0.02)
+    assert out.metadata.noise_sigma == report["sigma_abs"]
+    assert out.metadata.record()["noise_sigma"] == report["sigma_abs"]
+
+
+def test_independent_noise_steps_announce_their_std_in_quadrature(compose_config):
+    cfg = compose_config("defense=[gaussian,laplace]", "defense.gaussian.sigma=3e-3", "defense.laplace.scale=2e-3")
+    out = instantiate(cfg.defense)(known_update(n=1000, value=None))
+    assert out.metadata.noise_sigma == pytest.approx(math.hypot(3e-3, math.sqrt(2) * 2e-3), rel=1e-12)
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan, -1.0])
+def test_a_noise_level_that_is_not_a_finite_number_is_refused(value):
+    with pytest.raises(ConfigError, match=r"defense\.gaussian\.sigma must be a finite number >= 0"):
+        GaussianNoise(sigma=value)
+    with pytest.raises(ConfigError, match=r"defense\.laplace\.scale must be a finite number >= 0"):
+        LaplaceNoise(scale=value)
+
+
 def test_distortion_is_the_relative_change():
     update = known_update(n=100_000, value=None)
     defense = GaussianNoise(sigma=0.01)
     defense(update)
     # ||noise|| / ||u|| with u ~ N(0, 1): about sigma
-    assert defense.report() == {"name": "gaussian", "sigma": 0.01, "distortion": pytest.approx(0.01, rel=0.02)}
+    assert defense.report() == {
+        "name": "gaussian",
+        "sigma": 0.01,
+        "relative": False,
+        "sigma_abs": 0.01,
+        "relative_level": pytest.approx(0.01, rel=0.01),  # sigma / RMS, RMS ~ 1
+        "distortion": pytest.approx(0.01, rel=0.02),
+    }
 
 
 def test_pruning_zeroes_exactly_the_smallest_fraction_of_each_tensor():
@@ -187,7 +225,7 @@ def test_defences_compose_in_the_order_selected(compose_config):
 def test_single_defence_reports_only_its_parameters_and_stray_ones_are_refused(compose_config):
     cfg = compose_config("defense=gaussian", "defense.gaussian.sigma=1e-3")
     pipeline = instantiate(cfg.defense)
-    assert pipeline.report()["steps"] == [{"name": "gaussian", "sigma": 1e-3}]
+    assert pipeline.report()["steps"] == [{"name": "gaussian", "sigma": 1e-3, "relative": False}]
     with pytest.raises(InstantiationException, match="pruning") as info:
         instantiate(compose_config("defense=gaussian", "defense.pruning.ratio=0.5").defense)
     assert isinstance(info.value.__cause__, ConfigError)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from rgap_bench.run_metrics import RunMetrics, client_summary, failed_record
+from rgap_bench.run_metrics import RunMetrics, client_summary, failed_record, noise_levels
 from rgap_bench.types import LayerReport, Reconstruction
 
 CLIENT = {
@@ -18,7 +19,7 @@ RECORD_KEYS = [
     "label_acc", "label_source", "attack_time_s",
     "rank_deficiency", "combined", "combined_reason", "combined_per_sample",
     "per_image", "assignment", "matched_clients", "indices", "run", "attack_info",
-    "update", "pretrain", "defense_report", "utility", "spec", "versions",
+    "noise", "update", "pretrain", "defense_report", "utility", "spec", "versions",
 ]  # fmt: skip
 
 
@@ -59,3 +60,23 @@ def test_optional_keys_stay_out_when_the_run_has_no_such_value():
     assert list(failed) == [
         "status", "error", "attack_status", "attack_status_reason", "update", "pretrain", "defense_report", "versions",
     ]  # fmt: skip
+
+
+def test_noise_records_the_absolute_std_and_the_level_relative_to_the_update():
+    steps = [
+        {"name": "clipping", "max_norm": 1.0},
+        {"name": "gaussian", "sigma": 1e-2, "relative": True, "sigma_abs": 3e-6, "relative_level": 1e-2},
+        {"name": "laplace", "scale": 0.0, "relative": False, "sigma_abs": 4e-6, "relative_level": 1e-2},
+    ]
+    client = {**CLIENT, "defense_report": {"name": "x", "distortion": 0.1, "steps": steps}}
+    noise = noise_levels(client)
+    assert noise == {"sigma": pytest.approx(5e-6, rel=1e-12), "relative": pytest.approx(5e-6 / 3e-4, rel=1e-12)}
+    image = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    metrics = RunMetrics.score(
+        Reconstruction(inputs=image), image, torch.tensor([0]),
+        labels_shared=False, attack_time_s=0.0, indices=[0], run={}, client=client,
+    )  # fmt: skip
+    assert metrics.record()["noise"] == noise
+    summary = metrics.summary()
+    assert summary["defense/noise_sigma"] == noise["sigma"] and summary["defense/noise_relative"] == noise["relative"]
+    assert noise_levels(CLIENT) is None and _metrics(None, []).record()["noise"] is None

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConvGeometry, conv_patch_index
+from rgap_bench.linalg.regularize import Choice, choose_spectral, rule_for
 
 
 def _inverse_norm(norm2: Tensor) -> Tensor:
@@ -243,6 +244,9 @@ class LinearSystem:
     scale_rows: bool = True
     tol: float = 1e-12
     direct_max: int = 512  # above this (on both sides) CG replaces the direct solve
+    regularize: str = "none"  # a rule of `regularize.RULES`: Tikhonov with lam from the data (docs/noise.md)
+    noise_sigma: float | None = None  # std of the gradient's noise, when public (the discrepancy principle)
+    choice: Choice | None = field(default=None, init=False)  # the regularisation chosen by the last solve
 
     def solve(self) -> tuple[Tensor, float]:
         k = self.k.reshape(-1)
@@ -261,6 +265,10 @@ class LinearSystem:
         wt = self.weight * wscale[:, None]
         rhs = rhs + wt.T @ (self.z * wscale)
         out = wt.shape[0]
+        rule = rule_for(self.regularize, self.noise_sigma)
+        if rule != "none":
+            x = self._tikhonov(rule, alpha, rhs, wt, wscale)
+            return x, self.residual_rel(x, wt, wscale)
         if min(out, n) > self.direct_max:
             # alpha*I dominates a row-normalised W^T W, so plain CG converges in a few matrix-vector products.
             result = pcg(lambda v: alpha * v + wt.T @ (wt @ v), rhs, lambda v: v / alpha, tol=self.tol, max_iter=500)
@@ -272,6 +280,41 @@ class LinearSystem:
             gram = alpha * torch.eye(n, dtype=wt.dtype, device=wt.device) + wt.T @ wt
             x = torch.cholesky_solve(rhs[:, None], torch.linalg.cholesky(gram))[:, 0]
         return x, self.residual_rel(x, wt, wscale)
+
+    def _tikhonov(self, rule: str, alpha: Tensor, rhs: Tensor, wt: Tensor, wscale: Tensor) -> Tensor:
+        """The regularised solve from one eigendecomposition of the normal matrix alpha I + W~^T W~ (on its smaller
+        side: the eigenvalues of W~ W~^T shifted by alpha, plus alpha on the rest)."""
+        k = self.k.reshape(-1)
+        active = k != 0
+        if self.scale_rows:
+            gb = (self.grad[active] / k[active, None]).pow(2).sum()
+            noise_per_row = 1.0 / k[active] ** 2
+        else:
+            gb = self.grad[active].pow(2).sum()
+            noise_per_row = torch.ones_like(k[active])
+        bb = float(gb + (self.z * wscale).pow(2).sum())
+        n = wt.shape[1]
+        rows = int(active.sum()) * n + wt.shape[0]
+        noise2 = None
+        if self.noise_sigma is not None:  # E||noise||^2 of the scaled gradient rows, less the n dof the fit absorbs
+            noise2 = self.noise_sigma**2 * n * float(noise_per_row.sum()) * (rows - n) / rows
+        gram = wt.T @ wt if n <= wt.shape[0] else None
+        if gram is not None:
+            e, v = torch.linalg.eigh(gram)
+        else:  # W~^T W~ = V S^2 V^T with V = W~^T U / S; the complement of V has eigenvalue 0
+            s2, u = torch.linalg.eigh(wt @ wt.T)
+            keep = s2 > s2.max() * 1e-14
+            v = wt.T @ u[:, keep] / s2[keep].sqrt()
+            e = s2[keep]
+        c = v.T @ rhs
+        rest = rhs - v @ c  # along eigenvalue alpha of the normal matrix (outside W~'s row space)
+        e_all = torch.cat([e + alpha, alpha.reshape(1)])
+        c_all = torch.cat([c, rest.norm().reshape(1)])
+        mult = torch.ones_like(e_all)
+        mult[-1] = n - e.numel()
+        self.choice = choose_spectral(e_all, c_all, bb, rows, rule, noise2, mult)
+        lam = self.choice.lam
+        return v @ (c / (e + alpha + lam)) + rest / (alpha + lam)
 
     def residual_rel(self, x: Tensor, wt: Tensor | None, wscale: Tensor | None) -> float:
         """Relative residual of the scaled system; `wt`, `wscale`: the scaled weight rows (None without z)."""

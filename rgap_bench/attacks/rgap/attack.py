@@ -159,7 +159,10 @@ class RGAP:
             starts, c, clamped = _logistic_starts(head, meta, scale, self.dtype)
         else:
             starts = _softmax_starts(head, meta, scale, self.dtype)
-        candidates = [recurse(layers, start, self.options, self.dtype) for start in starts]
+        options = self.options
+        if options.noise_sigma is None and meta.noise_sigma is not None:  # the defence announced its noise
+            options = dataclasses.replace(options, noise_sigma=meta.noise_sigma)
+        candidates = [recurse(layers, start, options, self.dtype) for start in starts]
         best = choose_candidate(candidates)
         status, reason = run_status(best.layers, clamped)
         info = dict(best.info)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from rgap_bench.errors import ConfigError
+from rgap_bench.linalg.regularize import RULES
 
 SOLVERS = ("auto", "iterative", "dense", "sparse", "lstsq")
 
@@ -27,11 +29,22 @@ class RGAPOptions:
     tol: float = 1e-11  # iterative solver: relative residual of the normal equations
     max_iter: int = 3000  # iterative solver: iteration cap per layer
     carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
+    # refit the LeakyReLU derivatives whose sign noise leaves in doubt, then re-solve (a clean update has none)
+    refit_pattern: bool = True
+    # none | gcv | discrepancy | auto: Tikhonov on each layer's least squares with lam from the data (docs/noise.md);
+    # auto is the discrepancy principle when the noise std is known, else generalised cross-validation
+    regularize: str = "none"
+    # the gradient noise's std the attacker assumes; null: the one the update's metadata announces (if any)
+    noise_sigma: float | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float64", "float32"):
             raise ConfigError(f"attack.dtype must be float64 or float32, got {self.dtype!r}")
         if self.rank not in ("auto", "exact", "off"):
             raise ConfigError(f"attack.rank must be auto, exact or off, got {self.rank!r}")
+        if self.regularize not in RULES:
+            raise ConfigError(f"attack.regularize must be one of {', '.join(RULES)}, got {self.regularize!r}")
+        if self.noise_sigma is not None and not (math.isfinite(self.noise_sigma) and self.noise_sigma >= 0):
+            raise ConfigError(f"attack.noise_sigma must be a finite number >= 0 or null, got {self.noise_sigma}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"attack.solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")

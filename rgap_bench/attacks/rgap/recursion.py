@@ -7,6 +7,7 @@ space is carried down: the conv below solves its own input together with the fre
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from rgap_bench.attacks.rgap.layers import RGAPLayer, back_propagate
 from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.attacks.rgap.pattern import settle_pattern
 from rgap_bench.attacks.rgap.plan import plan_layer
 from rgap_bench.attacks.rgap.report import completed_below, layer_report
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
@@ -39,6 +41,19 @@ def _solve_layer(
     plan = plan_layer(layer, k, system, options, dtype)
     solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system), plan, options)
     return solve.x, layer_report(layer, solve, plan, time.perf_counter() - start), solve.null_basis
+
+
+def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions,
+                   dtype: torch.dtype) -> tuple[Tensor, tuple]:  # fmt: skip
+    """Refit the derivatives whose sign noise left in doubt (`pattern.settle_pattern`), noted in the report."""
+    k, solved, fit = settle_pattern(
+        layer, back_k, z, lambda kk: _solve_layer(layer, kk, z, options, dtype), solved, lambda s: s[0], dtype
+    )
+    if fit.doubtful:
+        note = f"activation pattern: {fit.doubtful} signs in doubt, {fit.changed} derivatives refitted"
+        x, report, null_basis = solved
+        solved = (x, dataclasses.replace(report, note="; ".join(n for n in (report.note, note) if n)), null_basis)
+    return k, solved
 
 
 def _carries_null_space(layers: list[RGAPLayer], layer: RGAPLayer, options: RGAPOptions) -> bool:
@@ -70,7 +85,10 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
                 continue
             z = layer.act.inverse(x_next.reshape(layer.out_shape))
             k = back_k * layer.act.derivative(z)
-        x_next, report, null_basis = _solve_layer(layer, k, z, options, dtype)
+        solved = _solve_layer(layer, k, z, options, dtype)
+        if x_next is not None and options.refit_pattern:
+            k, solved = _refit_pattern(layer, back_k, z, solved, options, dtype)
+        x_next, report, null_basis = solved
         if not _carries_null_space(layers, layer, options):
             null_basis = None
         reports.append(report)

@@ -6,9 +6,14 @@ from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.plan import LayerPlan
 from rgap_bench.attacks.rgap.solvers.base import LayerProblem, LayerSolve
 from rgap_bench.linalg.operators import LinearSystem
+from rgap_bench.linalg.regularize import tikhonov_note
 
 
 def solve_linear(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> LayerSolve:
     layer = problem.layer
-    x, residual = LinearSystem(problem.weight, problem.k, layer.grad, problem.z, options.scale_rows).solve()
-    return LayerSolve(x.reshape(layer.in_shape), residual, "direct-linear")
+    system = LinearSystem(
+        problem.weight, problem.k, layer.grad, problem.z, options.scale_rows,
+        regularize=options.regularize, noise_sigma=options.noise_sigma,
+    )  # fmt: skip
+    x, residual = system.solve()
+    return LayerSolve(x.reshape(layer.in_shape), residual, "direct-linear", note=tikhonov_note(system.choice))

@@ -1,0 +1,95 @@
+"""Noise-aware R-GAP: the Tikhonov rules pick ~0 on exact systems and beat plain least squares on noisy ones; the
+activation-pattern refit leaves a clean update exactly as before and recovers a noisy one better."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rgap_bench.attacks.rgap import RGAP
+from rgap_bench.defenses.gaussian import GaussianNoise
+from rgap_bench.linalg.operators import LinearSystem
+from rgap_bench.linalg.regularize import choose_spectral, rule_for
+from rgap_bench.models import build_convnet
+
+
+def _ill_posed(
+    noise: float, seed: int = 0, cond: float = 1e6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 60 x 40 system with singular values from 1 to 1 / cond, a smooth x (decaying coefficients), and noisy b."""
+    gen = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(60, 40, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(40, 40, generator=gen, dtype=torch.float64))
+    s = torch.logspace(0, -math.log10(cond), 40, dtype=torch.float64)
+    a = u @ torch.diag(s) @ v.T
+    x = v @ (s.sqrt() * torch.randn(40, generator=gen, dtype=torch.float64))  # Picard: coefficients decay
+    b = a @ x + noise * torch.randn(60, generator=gen, dtype=torch.float64)
+    return a, x, b, s
+
+
+def _tikhonov(a: torch.Tensor, b: torch.Tensor, rule: str, noise2: float | None):
+    e, v = torch.linalg.eigh(a.T @ a)
+    c = v.T @ (a.T @ b)
+    choice = choose_spectral(e, c, float(b @ b), a.shape[0], rule, noise2)
+    return v @ (c / (e + choice.lam)), choice
+
+
+@pytest.mark.parametrize("rule", ["gcv", "discrepancy"])
+def test_the_rules_pick_no_damping_on_an_exact_system(rule):
+    # cond 1e4: the normal matrix's smallest eigenvalue (1e-8 x the largest) stays far above rounding's level
+    a, x, _, _ = _ill_posed(0.0, cond=1e4)
+    b = a @ x
+    solution, choice = _tikhonov(a, b, rule, 0.0)
+    assert choice.lam_rel <= 1e-10  # rounding's level: GCV sees a residual of ~1e-15
+    assert float((solution - x).norm() / x.norm()) < 1e-4  # GCV damps at rounding level: 1e-3 of e_min
+
+
+@pytest.mark.parametrize("rule", ["gcv", "discrepancy"])
+def test_the_rules_beat_plain_least_squares_on_a_noisy_ill_posed_system(rule):
+    noise = 1e-4
+    a, x, b, _ = _ill_posed(noise)
+    plain = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+    solution, choice = _tikhonov(a, b, rule, noise**2 * (a.shape[0] - a.shape[1]))
+    assert choice.lam > 0
+    assert float((solution - x).norm()) < 0.2 * float((plain - x).norm())
+
+
+def test_auto_is_the_discrepancy_principle_only_with_a_known_noise_level():
+    assert rule_for("auto", 1e-3) == "discrepancy" and rule_for("auto", None) == "gcv"
+    assert rule_for("discrepancy", None) == "gcv" and rule_for("none", 1e-3) == "none"
+
+
+@pytest.mark.parametrize("rule", ["gcv", "discrepancy"])
+def test_a_regularised_linear_layer_is_exact_without_noise(rule):
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(30, 50, generator=gen, dtype=torch.float64)
+    x = torch.randn(50, generator=gen, dtype=torch.float64)
+    k = torch.randn(30, generator=gen, dtype=torch.float64)
+    system = LinearSystem(weight, k, torch.outer(k, x), weight @ x, regularize=rule, noise_sigma=0.0)
+    solution, residual = system.solve()
+    assert system.choice is not None and system.choice.lam_rel <= 1e-10
+    assert float((solution - x).norm() / x.norm()) < 1e-12 and residual < 1e-12
+
+
+def _cnn(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    specs = [
+        {"kind": "conv", "out": 6, "kernel": 3, "stride": 1, "padding": 1},
+        {"kind": "conv", "out": 8, "kernel": 3, "stride": 1, "padding": 1},
+        {"kind": "linear", "out": 1, "activation": "identity"},
+    ]
+    return build_convnet(specs, in_channels=1, image_size=8)
+
+
+def test_the_pattern_refit_keeps_a_clean_update_and_helps_a_noisy_one(photo_batch, make_update, psnr):
+    batch = photo_batch(8, 1)
+    model = _cnn(0)
+    update = make_update(model, batch)
+    clean = RGAP(rank="off")(model, update)
+    assert torch.equal(clean.inputs, RGAP(rank="off", refit_pattern=False)(model, update).inputs)
+    noisy = GaussianNoise(sigma=3e-3, relative=True, seed=0)(update)
+    scores = {refit: psnr(RGAP(rank="off", refit_pattern=refit)(model, noisy).inputs, batch.inputs) for refit in (0, 1)}
+    assert psnr(clean.inputs, batch.inputs) >= 60
+    assert scores[1] >= scores[0] - 0.5  # a few doubtful signs on this toy: no worse (cnn6: +14 dB, docs/noise.md)

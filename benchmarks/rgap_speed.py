@@ -32,6 +32,8 @@ CASES = {
     # name: (model, image size, channels, dtype, run the dense reference?)
     "cnn6-32": ("cnn6", 32, 3, "float64", True),
     "cnn6-32-f32": ("cnn6", 32, 3, "float32", True),
+    # the default rank=auto: conv1 and conv2 certified full rank by the matrix-free probe (solvers/krylov.py)
+    "cnn6-32-auto": ("cnn6", 32, 3, "float64", True, {"rank": "auto"}),
     "cnn6-64": ("cnn6", 64, 3, "float64", False),
     # the default rank=auto: conv2 (13068 unknowns, 72 predicted free directions) goes dense, solved with conv1
     "cnn6-64-joint": ("cnn6", 64, 3, "float64", False, {"rank": "auto"}),

@@ -78,7 +78,7 @@ def test_plan_of_a_conv_layer_follows_the_options():
     assert plan(problem, rank="off") == plan_module.LayerPlan("pcg", want_rank=False)
     exact = plan(problem, rank="exact")
     assert (exact.strategy, exact.want_rank, exact.known_rank, exact.certificate) == ("dense", True, None, None)
-    assert plan(problem).strategy == "dense"  # rank=auto, 128 unknowns <= rank_max_unknowns
+    assert plan(problem).strategy == "krylov"  # rank=auto, 128 unknowns <= rank_max_unknowns, no null predicted
     assert plan(problem, rank_max_unknowns=100).strategy == "pcg"
     assert plan(problem, solver="iterative", rank="exact").strategy == "pcg"
     assert plan(problem, solver="sparse").strategy == "explicit-sparse"
@@ -103,10 +103,13 @@ def test_plan_of_a_linear_layer():
 def test_plan_falls_back_to_pcg_when_the_dense_matrices_would_not_fit(monkeypatch, caplog):
     problem, _ = conv_problem(out_channels=2, size=8)
     monkeypatch.setattr(plan_module, "dense_memory", lambda n, dtype, device: DenseMemory(8e12, 4e9))
+    monkeypatch.setattr(RGAPLayer, "predicted_deficiency", lambda self: 3)  # a null space: the dense path's case
     with caplog.at_level(logging.WARNING, logger="rgap_bench.attacks.rgap"):
         assert plan(problem) == plan_module.LayerPlan("pcg", want_rank=False)
         assert plan(problem, rank="exact").strategy == "dense"  # asked for explicitly: no fallback
     assert "needs ~8000.0 GB, 4.0 GB are free" in caplog.text
+    monkeypatch.setattr(RGAPLayer, "predicted_deficiency", lambda self: 0)
+    assert plan(problem).strategy == "krylov"  # matrix-free: no memory to check
 
 
 def test_rank_known_before_the_solve_is_reported_by_every_solver(make_update, photo_batch):

@@ -1,9 +1,11 @@
 """Which solver each layer gets, decided before any solve: one small record per layer instead of string flags.
 
-attack.solver=auto (the default): the closed form for a linear layer, PCG for a conv, and the dense factorisation
-for a conv whose rank is wanted (attack.rank: `exact` always; `auto` up to attack.rank_max_unknowns unknowns, or up to
-attack.null_max_unknowns when the counting bound predicts a null space the layer below can absorb), unless the
-gradient rows alone prove the layer full rank (any size) or the dense matrices would not fit in free memory.
+attack.solver=auto (the default): the closed form for a linear layer, PCG for a conv, and for a conv whose rank is
+wanted (attack.rank: `exact` always; `auto` up to attack.rank_max_unknowns unknowns, or up to
+attack.null_max_unknowns when the counting bound predicts a null space the layer below can absorb) the matrix-free
+probe (`solvers.krylov`: PCG with a random probe, the dense path only as its fallback) under rank=auto where no
+null space is predicted, the dense factorisation otherwise; no rank is measured where the gradient rows alone
+prove the layer full rank (any size), nor where the dense matrices would not fit in free memory.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import dense_memory
 
-log = logging.getLogger(__name__)
+Strategy = Literal["direct-linear", "pcg", "krylov", "dense", "explicit-dense", "explicit-sparse", "lstsq"]
 
-Strategy = Literal["direct-linear", "pcg", "dense", "explicit-dense", "explicit-sparse", "lstsq"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,8 @@ class LayerPlan:
 
 
 def _null_expected(layer: RGAPLayer, options: RGAPOptions) -> bool:
-    """A larger layer goes dense too when the counting bound predicts a null space that the layer below can
-    absorb: only the dense path finds the null space to carry down."""
+    """A larger layer's rank is measured too when the counting bound predicts a null space that the layer below
+    can absorb: the measurement finds the null space to carry down."""
     if not options.carry_null_space or layer.index == 0 or layer.unknowns > options.null_max_unknowns:
         return False
     return layer.predicted_deficiency() > 0
@@ -54,12 +56,16 @@ def _full_rank_certificate(system: ConvSystem | None, options: RGAPOptions) -> f
 
 
 def _strategy(layer: RGAPLayer, want_rank: bool, options: RGAPOptions) -> Strategy:
-    """auto: closed form for linear layers, PCG for convs, the dense path when a rank is wanted."""
+    """auto: closed form for linear layers, PCG for convs; when a rank is wanted, the matrix-free probe where no
+    null space is predicted, the dense path where one is (its basis feeds the joint solve, and PCG on such layers
+    can take thousands of iterations: CNN6's conv2 at 64x64) or under rank=exact (the reference)."""
     solver = options.solver
     if solver == "auto":
         if not layer.is_conv:
             return "direct-linear"
-        return "dense" if want_rank else "pcg"
+        if not want_rank:
+            return "pcg"
+        return "krylov" if options.rank == "auto" and layer.predicted_deficiency() == 0 else "dense"
     if solver == "iterative":
         return "pcg" if layer.is_conv else "direct-linear"
     if solver == "dense":
@@ -95,7 +101,7 @@ def plan_layer(
     )
     certificate = _full_rank_certificate(system, options)
     if certificate is not None:
-        want_rank = False  # proven full rank (at any size): no dense factorisation needed
+        want_rank = False  # proven full rank (at any size): nothing to measure
     strategy = _strategy(layer, want_rank, options)
     auto = options.rank == "auto" and options.solver == "auto"
     if strategy == "dense" and auto and not _fits_in_memory(layer, dtype):

@@ -89,7 +89,7 @@ def layer_report(layer: RGAPLayer, solve: LayerSolve, plan: LayerPlan | None, ti
         padding_constraints=padded - n,
         rank=rank,
         rank_deficiency=deficiency,
-        rank_method="gradient-row bound" if proven else "",
+        rank_method="gradient-row bound" if proven else solve.rank_method,
         time_s=time_s,
         note=note,
         **{name: getattr(solve, name) for name in SOLVE_FIELDS},

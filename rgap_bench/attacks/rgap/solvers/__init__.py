@@ -10,11 +10,13 @@ from rgap_bench.attacks.rgap.solvers.dense import solve_dense
 from rgap_bench.attacks.rgap.solvers.explicit import solve_explicit_dense, solve_explicit_sparse, solve_lstsq
 from rgap_bench.attacks.rgap.solvers.iterative import solve_pcg
 from rgap_bench.attacks.rgap.solvers.joint import solve_joint
+from rgap_bench.attacks.rgap.solvers.krylov import solve_krylov
 from rgap_bench.attacks.rgap.solvers.linear import solve_linear
 
 STRATEGIES: dict[Strategy, SolveFunction] = {
     "direct-linear": solve_linear,
     "pcg": solve_pcg,
+    "krylov": solve_krylov,
     "dense": solve_dense,
     "explicit-dense": solve_explicit_dense,
     "explicit-sparse": solve_explicit_sparse,

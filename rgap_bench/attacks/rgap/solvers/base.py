@@ -42,6 +42,7 @@ class LayerSolve:
     # pattern settled with a solution that fits every equation of both layers
     x_upper: Tensor | None = None
     pattern_settled: bool | None = None
+    rank_method: str = ""  # how `rank` was measured, when not by the factorisation `solver` names
     note: str = ""
 
 

@@ -50,4 +50,5 @@ def solve_dense(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) ->
         rank=factor.rank,
         sigma_min_rel=factor.sigma_min_rel,
         null_basis=factor.null_basis,
+        rank_method="dense" if factor.rank is not None else "",
     )

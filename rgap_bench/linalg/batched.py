@@ -1,0 +1,67 @@
+"""A conv layer's normal operator and block-Jacobi preconditioner applied to a block of vectors at once.
+
+The rank probe (`rgap_bench.linalg.krylov`) runs PCG on several columns at once; one batched convolution serves
+them all. Built only from the public pieces of `ConvSystem` and `BlockJacobi` (k, the row scales, the geometry,
+K and the block inverses), so it follows them; tests check it against `ConvSystem.normal` column by column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rgap_bench.linalg.operators import BlockJacobi, ConvSystem
+
+BlockOperator = Callable[[Tensor], Tensor]  # (n, m) columns -> (n, m) columns
+
+
+def block_normal(system: ConvSystem) -> BlockOperator:
+    """X (n, m) -> A^T A X, with n = C*H*W flattened as `system.shape`."""
+    c, h, w = system.shape
+    geom = system.geom
+    k = system.k[None]
+    weight_scale = system.weight_scale if system.z is not None else None
+    grad_scale = system.grad_scale.reshape(-1, 1, *geom.kernel)  # (F, 1, kh, kw): the same for every channel
+
+    def apply(x: Tensor) -> Tensor:
+        m = x.shape[1]
+        batch = x.T.reshape(m, c, h, w)
+        # gradient rows: every (column, channel) image is one channel of a single sample, so one conv2d_weight
+        # gives every column's rows (F, m*c, kh, kw), and one conv2d_input their adjoint
+        channels = (1, m * c, h, w)
+        rows = torch.nn.grad.conv2d_weight(
+            batch.reshape(channels), (k.shape[1], m * c, *geom.kernel), k, stride=geom.stride, padding=geom.padding
+        )
+        out = torch.nn.grad.conv2d_input(
+            channels, rows * grad_scale**2, k, stride=geom.stride, padding=geom.padding
+        ).reshape(m, c, h, w)
+        if weight_scale is not None:
+            y = F.conv2d(batch, system.weight, stride=geom.stride, padding=geom.padding) * weight_scale**2
+            out = out + torch.nn.grad.conv2d_input(
+                (m, c, h, w), system.weight, y, stride=geom.stride, padding=geom.padding
+            )
+        return out.reshape(m, -1).T
+
+    return apply
+
+
+def block_preconditioner(pre: BlockJacobi) -> BlockOperator:
+    """X (n, m) -> the block-Jacobi inverse applied to every column."""
+    c, h, w = pre.shape
+
+    def apply(x: Tensor) -> Tensor:
+        m = x.shape[1]
+        r = x.reshape(c, h * w, m)
+        if pre.mode == "direct":
+            return torch.bmm(pre.inverse, r).reshape(-1, m)
+        dr = pre.inv[..., None] * r  # (C, n, m)
+        k = pre.kmat.shape[0]
+        u = (pre.kmat @ dr.permute(1, 0, 2).reshape(h * w, c * m)).reshape(k, c, m).permute(1, 0, 2)
+        t = torch.bmm(pre.inverse, u).permute(1, 0, 2).reshape(k, c * m)  # (C, k, m) -> (k, C*m)
+        back = (pre.kmat.T @ t).reshape(h * w, c, m).permute(1, 0, 2)
+        return (dr - pre.inv[..., None] * back).reshape(-1, m)
+
+    return apply

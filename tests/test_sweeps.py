@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from rgap_bench.__main__ import main
 from rgap_bench.report import write_report
@@ -157,6 +158,47 @@ def test_every_value_of_every_preset_composes_and_builds_its_model(preset):
                 built.add(shape)
                 model = instantiate(cfg.model)
                 model(torch.zeros(1, cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+
+
+FAST = sorted(p.stem for p in (ROOT / "conf" / "attack" / "fast").glob("*.yaml"))
+BUDGET_KEYS = {"max_iterations", "restarts", "random_restarts", "matching.max_iterations"}
+
+
+def flat(node, prefix: str = "") -> dict:
+    """A nested config as dotted keys (`matching.max_iterations`)."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict | DictConfig):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_a_fast_attack_is_its_attack_with_a_small_budget_and_nothing_else():
+    """`attack=fast/<name>` (what the debug preset sweeps) changes only the budget, so its job measures the same
+    attack; a command-line value still wins over the small one."""
+    assert FAST == ["dlg", "hgap", "idlg", "ig"]
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        for name in FAST:
+            full = flat(compose("config", overrides=[f"attack={name}"]).attack)
+            fast = flat(compose("config", overrides=[f"attack=fast/{name}"]).attack)
+            differs = {key for key in full if full[key] != fast[key]}
+            assert fast.keys() == full.keys() and differs and differs <= BUDGET_KEYS, name
+            assert all(fast[key] < full[key] for key in differs) and fast["name"] == name
+            assert max(fast[key] for key in differs) <= 20
+        given = compose("config", overrides=["attack=fast/dlg", "attack.max_iterations=7"])
+    assert given.attack.max_iterations == 7
+
+
+def test_debug_preset_gives_every_attack_a_small_budget_and_runs_without_wandb():
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        sweep = compose("config", overrides=["experiment=debug"], return_hydra_config=True)
+        attacks = str(sweep.hydra.sweeper.params.attack).split(",")
+        for attack in attacks:
+            cfg = compose("config", overrides=["experiment=debug", f"attack={attack}", "logger=none"])
+            assert OmegaConf.select(cfg, "attack.max_iterations", default=0) <= 20, attack
+    assert attacks == ["rgap", "fast/dlg"]
 
 
 def test_noise_sweep_is_three_architectures_by_four_sigmas_by_two_attacks():

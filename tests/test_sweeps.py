@@ -213,6 +213,36 @@ def test_noise_sweep_is_three_architectures_by_four_sigmas_by_two_attacks():
     assert sigma[0] == "defense.gaussian.sigma=0" and {a.split("=")[1] for a in attack} == {"rgap", "dlg"}
 
 
+def test_secure_design_pretrains_cnn6_variants_on_digits_for_rgap_and_ig():
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        sweep = compose("config", overrides=["experiment=secure_design"], return_hydra_config=True)
+    params = dict(sweep.hydra.sweeper.params)
+    assert params == {"model.layers.1.out": "36,20,4", "attack": "rgap,ig", "data.index": "0,2500"}
+    assert (sweep.data.name, sweep.data.channels, sweep.pretrain.epochs) == ("digits", 1, 2)
+    assert OmegaConf.to_container(sweep.model.layers) == OmegaConf.to_container(
+        compose_preset("rank_study").model.layers
+    )  # the CNN6 family of rank_study: conv2 = 36 is CNN6, 20 is CNN6-d
+
+
+def compose_preset(preset: str) -> DictConfig:
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        return compose("config", overrides=[f"experiment={preset}"])
+
+
+@pytest.mark.slow
+def test_secure_design_runs_and_reports_accuracy_beside_psnr(tmp_path, monkeypatch):
+    """The preset for real on 8x8 digits (pretraining 1 epoch, two widths, R-GAP): accuracy and its plot."""
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    argv = ["rgap_bench", "-m", "experiment=secure_design", "logger=none", "data.image_size=8", "pretrain.epochs=1",
+            "model.layers.1.out=36,4", "attack=rgap", "data.index=0", f"hydra.sweep.dir={sweep}", *QUIET]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    report = write_report(sweep)
+    assert list(report.jobs["status"]) == ["ok", "ok"] and report.jobs["accuracy"].between(0.5, 1).all()
+    assert "accuracy_vs_psnr" in report.plots and list(report.table["model.layers.1.out"]) == [4, 36]
+
+
 def test_slurm_example_composes_onto_the_submitit_slurm_launcher():
     with initialize_config_module("rgap_bench.conf", version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)

@@ -243,6 +243,30 @@ def test_secure_design_runs_and_reports_accuracy_beside_psnr(tmp_path, monkeypat
     assert "accuracy_vs_psnr" in report.plots and list(report.table["model.layers.1.out"]) == [4, 36]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "overrides", "printed"),
+    [
+        ("table1.py", ["--n", "1", "+arch=fcn3", "attack=rgap,fast/dlg"], "| rgap | 100.00 | 1.000 |"),
+        ("rank_vs_leakage.py", ["--images", "1", "data.image_size=8", "model.layers.1.out=36,4",
+                                "model.layers.1.stride=2,1"], "Spearman(RA index, rgap PSNR)"),
+    ],
+)  # fmt: skip
+def test_benchmark_scripts_run_their_preset_and_print_its_report(tmp_path, script, overrides, printed):
+    """The README's `python benchmarks/table1.py` and `rank_vs_leakage.py`: a preset sweep, then the report."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    args = [*overrides, "logger=none", f"--sweep-dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert printed in proc.stdout and (tmp_path / "sweep" / "report.html").is_file()
+    assert all(status == "ok" for status in pd.read_csv(tmp_path / "sweep" / "summary.csv")["status"])
+
+
 def test_slurm_example_composes_onto_the_submitit_slurm_launcher():
     with initialize_config_module("rgap_bench.conf", version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)

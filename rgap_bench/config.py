@@ -176,6 +176,7 @@ class WandbLoggerConfig(WandbOptions):
 class NoLoggerConfig:
     _target_: str = "rgap_bench.logging.base.NullLogger"
     name: str = "none"
+    tags: list[str] = field(default_factory=list)  # unused: lets a preset's logger.tags compose with logger=none
 
 
 @dataclass

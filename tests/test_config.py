@@ -42,6 +42,8 @@ def test_every_yaml_file_is_composed_by_a_test():
     covered |= {f"hydra/{p.parent.name}/{p.name}" for p in CONF.glob("hydra/*/*.yaml")}
     # sweep presets and the architectures they sweep: composed value by value in test_sweeps.py
     covered |= {str(p.relative_to(CONF)) for g in ("experiment", "arch") for p in CONF.glob(f"{g}/*.yaml")}
+    # attack=fast/<name>: composed against its attack in test_sweeps.py
+    covered |= {str(p.relative_to(CONF)) for p in CONF.glob("attack/fast/*.yaml")}
     assert {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")} == covered
 
 

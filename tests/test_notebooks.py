@@ -23,8 +23,32 @@ def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
+def debug_sweep(sweep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep notebook 02 runs in its first cell (`experiment=debug attack=rgap`, W&B offline), run in this
+    process, where torch and the package are imported already; the kernel then analyses it (RGAP_SWEEP)."""
+    from rgap_bench.__main__ import main
+
+    argv = ["rgap_bench", "-m", "experiment=debug", "attack=rgap", f"hydra.sweep.dir={sweep}"]
+    monkeypatch.setattr(sys, "argv", [*argv, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    main()
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_executes_in_a_kernel_of_this_python(path, tmp_path, monkeypatch):
+    """Notebook 02 analyses a sweep run here; `test_sweep_notebook_runs_its_own_sweep` (slow) runs it as committed."""
+    if path.name.startswith("02_"):
+        debug_sweep(tmp_path / "sweep", monkeypatch)
+        monkeypatch.setenv("RGAP_SWEEP", str(tmp_path / "sweep"))
+    execute(path, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+def test_sweep_notebook_runs_its_own_sweep(tmp_path, monkeypatch):
+    monkeypatch.delenv("RGAP_SWEEP", raising=False)
+    execute(ROOT / "notebooks" / "02_sweep_analysis.ipynb", tmp_path, monkeypatch)
+
+
+def execute(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     committed = path.read_bytes()
     copy = tmp_path / path.name
     shutil.copy(path, copy)

@@ -96,7 +96,8 @@ def test_debug_sweep_report_and_wandb_runs_grouped_by_sweep(tmp_path, monkeypatc
     """The debug preset for real (R-GAP only, 2 jobs), tracked offline, then `report --wandb`; the offline files
     are read back: one group, the attack as job type, the preset as tag, namespaced summaries, the report run."""
     sweep = tmp_path / "2026-01-01_sweep"
-    argv = ["rgap_bench", "-m", "experiment=debug", "attack=rgap", f"hydra.sweep.dir={sweep}", *QUIET]
+    argv = ["rgap_bench", "-m", "experiment=debug", "attack=rgap", "save_images=true", f"hydra.sweep.dir={sweep}",
+            *QUIET]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     run_main()
     assert report_main([str(sweep), "--wandb"]) == 0
@@ -117,3 +118,24 @@ def test_debug_sweep_report_and_wandb_runs_grouped_by_sweep(tmp_path, monkeypatc
     assert by_sigma[0.0]["recon/psnr"] == pytest.approx(summary["psnr"][0])
     assert {"attack/time_s", "rank/ra_index", "recon/ssim"} <= set(by_sigma[0.01])
     assert runs["report"].summary["report/jobs"] == 2 and runs["report"].summary["report/failed"] == 0
+    config = jobs[0].config  # flattened: one dashboard column per dotted key, named as a sweep overrides it
+    assert config["model.name"] == "convnet" and config["defense.gaussian.sigma"] in (0.0, 0.01)
+    assert "model" not in config and config["logger.tags"] == ["debug"]
+    assert by_sigma[0.0]["layers/_type"] == "table-file"  # the per-layer solve as a W&B table
+    assert by_sigma[0.0]["reconstruction/_type"] == "image-file"  # the originals/reconstructions grid
+
+
+def test_accuracy_sits_beside_psnr_and_says_what_it_was_measured_on(tmp_path):
+    """secure_design's answer: the pretrained model's accuracy (metrics.json `pretrain`) next to the PSNR, plotted."""
+    sweep = tmp_path / "sweep"
+    for num, (width, acc, psnr) in enumerate([(36, 0.91, 100.0), (4, 0.89, 9.0)]):
+        job = sweep / f"{num}_cnn6_variant_rgap"
+        (job / ".hydra").mkdir(parents=True)
+        config = {"model": {"name": "cnn6_variant"}, "attack": {"name": "rgap"}, "data": {"name": "digits"}}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model.layers.1.out={width}"]))
+        (job / "metrics.json").write_text(json.dumps({**ok(psnr, 0.1), "pretrain": {"train_acc_eval": acc}}))
+    report = write_report(sweep)
+    assert list(report.jobs["accuracy"]) == [0.91, 0.89]
+    assert set(report.jobs["accuracy_on"]) == {"training data, pretrained"}
+    assert list(report.table["accuracy"]) == ["0.890", "0.910"] and "accuracy_vs_psnr" in report.plots

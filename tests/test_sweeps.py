@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from rgap_bench.__main__ import main
 from rgap_bench.report import write_report
@@ -159,6 +160,47 @@ def test_every_value_of_every_preset_composes_and_builds_its_model(preset):
                 model(torch.zeros(1, cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
 
 
+FAST = sorted(p.stem for p in (ROOT / "conf" / "attack" / "fast").glob("*.yaml"))
+BUDGET_KEYS = {"max_iterations", "restarts", "random_restarts", "matching.max_iterations"}
+
+
+def flat(node, prefix: str = "") -> dict:
+    """A nested config as dotted keys (`matching.max_iterations`)."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict | DictConfig):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_a_fast_attack_is_its_attack_with_a_small_budget_and_nothing_else():
+    """`attack=fast/<name>` (what the debug preset sweeps) changes only the budget, so its job measures the same
+    attack; a command-line value still wins over the small one."""
+    assert FAST == ["dlg", "hgap", "idlg", "ig"]
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        for name in FAST:
+            full = flat(compose("config", overrides=[f"attack={name}"]).attack)
+            fast = flat(compose("config", overrides=[f"attack=fast/{name}"]).attack)
+            differs = {key for key in full if full[key] != fast[key]}
+            assert fast.keys() == full.keys() and differs and differs <= BUDGET_KEYS, name
+            assert all(fast[key] < full[key] for key in differs) and fast["name"] == name
+            assert max(fast[key] for key in differs) <= 20
+        given = compose("config", overrides=["attack=fast/dlg", "attack.max_iterations=7"])
+    assert given.attack.max_iterations == 7
+
+
+def test_debug_preset_gives_every_attack_a_small_budget_and_runs_without_wandb():
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        sweep = compose("config", overrides=["experiment=debug"], return_hydra_config=True)
+        attacks = str(sweep.hydra.sweeper.params.attack).split(",")
+        for attack in attacks:
+            cfg = compose("config", overrides=["experiment=debug", f"attack={attack}", "logger=none"])
+            assert OmegaConf.select(cfg, "attack.max_iterations", default=0) <= 20, attack
+    assert attacks == ["rgap", "fast/dlg"]
+
+
 def test_noise_sweep_is_three_architectures_by_four_sigmas_by_two_attacks():
     with initialize_config_module("rgap_bench.conf", version_base="1.3"):
         sweep = compose("config", overrides=["experiment=noise_sweep"], return_hydra_config=True)
@@ -169,6 +211,60 @@ def test_noise_sweep_is_three_architectures_by_four_sigmas_by_two_attacks():
         ("cnn6", "photos", 1), ("cnn6d", "photos", 1), ("fcn3", "digits", 1)
     ]  # fmt: skip
     assert sigma[0] == "defense.gaussian.sigma=0" and {a.split("=")[1] for a in attack} == {"rgap", "dlg"}
+
+
+def test_secure_design_pretrains_cnn6_variants_on_digits_for_rgap_and_ig():
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        sweep = compose("config", overrides=["experiment=secure_design"], return_hydra_config=True)
+    params = dict(sweep.hydra.sweeper.params)
+    assert params == {"model.layers.1.out": "36,20,4", "attack": "rgap,ig", "data.index": "0,2500"}
+    assert (sweep.data.name, sweep.data.channels, sweep.pretrain.epochs) == ("digits", 1, 2)
+    assert OmegaConf.to_container(sweep.model.layers) == OmegaConf.to_container(
+        compose_preset("rank_study").model.layers
+    )  # the CNN6 family of rank_study: conv2 = 36 is CNN6, 20 is CNN6-d
+
+
+def compose_preset(preset: str) -> DictConfig:
+    with initialize_config_module("rgap_bench.conf", version_base="1.3"):
+        return compose("config", overrides=[f"experiment={preset}"])
+
+
+@pytest.mark.slow
+def test_secure_design_runs_and_reports_accuracy_beside_psnr(tmp_path, monkeypatch):
+    """The preset for real on 8x8 digits (pretraining 1 epoch, two widths, R-GAP): accuracy and its plot."""
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    argv = ["rgap_bench", "-m", "experiment=secure_design", "logger=none", "data.image_size=8", "pretrain.epochs=1",
+            "model.layers.1.out=36,4", "attack=rgap", "data.index=0", f"hydra.sweep.dir={sweep}", *QUIET]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    report = write_report(sweep)
+    assert list(report.jobs["status"]) == ["ok", "ok"] and report.jobs["accuracy"].between(0.5, 1).all()
+    assert "accuracy_vs_psnr" in report.plots and list(report.table["model.layers.1.out"]) == [4, 36]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "overrides", "printed"),
+    [
+        ("table1.py", ["--n", "1", "+arch=fcn3", "attack=rgap,fast/dlg"], "| rgap | 100.00 | 1.000 |"),
+        ("rank_vs_leakage.py", ["--images", "1", "data.image_size=8", "model.layers.1.out=36,4",
+                                "model.layers.1.stride=2,1"], "Spearman(RA index, rgap PSNR)"),
+    ],
+)  # fmt: skip
+def test_benchmark_scripts_run_their_preset_and_print_its_report(tmp_path, script, overrides, printed):
+    """The README's `python benchmarks/table1.py` and `rank_vs_leakage.py`: a preset sweep, then the report."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    args = [*overrides, "logger=none", f"--sweep-dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert printed in proc.stdout and (tmp_path / "sweep" / "report.html").is_file()
+    assert all(status == "ok" for status in pd.read_csv(tmp_path / "sweep" / "summary.csv")["status"])
 
 
 def test_slurm_example_composes_onto_the_submitit_slurm_launcher():

@@ -74,5 +74,5 @@ class RunLogger:
 class NullLogger(RunLogger):
     """Logger for ``logger=none``: the run still writes its files, nothing is tracked."""
 
-    def __init__(self, name: str = "none") -> None:
-        super().__init__(name)
+    def __init__(self, name: str = "none", tags: list[str] | None = None) -> None:
+        super().__init__(name)  # tags: a preset's, accepted so `experiment=... logger=none` composes; nothing to tag

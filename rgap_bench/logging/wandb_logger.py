@@ -88,7 +88,7 @@ class WandbRunLogger(RunLogger):
                 job_type=self.job_type or _attack_name(config),
                 tags=self.tags,
                 name=run_name,
-                config=config,
+                config=flatten_config(config),
                 mode=mode,
                 reinit="create_new",
                 settings=wandb.Settings(silent=True, console="off"),
@@ -135,6 +135,20 @@ def sweep_group() -> str | None:
         return Path(HydraConfig.get().sweep.dir).name
     except Exception:  # tracking is never worth failing a job for
         return None
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config as dotted keys (`model.name`, `defense.gaussian.sigma`): the dashboard's run table, filters
+    and parallel-coordinates plots take one column per key, and a sweep's axes are named as they were overridden.
+    Lists stay values (`model.layers`)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _attack_name(config: dict) -> str | None:

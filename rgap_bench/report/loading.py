@@ -58,12 +58,16 @@ def _sigma(config: dict[str, Any]) -> float | None:
     return None
 
 
-def _accuracy(metrics: dict[str, Any]) -> float | None:
-    """The attacked model's accuracy: held-out utility when measured, else the pretraining's training accuracy."""
+def _accuracy(metrics: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The attacked model's accuracy and what it was measured on: held-out data after training with the defence
+    (`defense.utility=true`) when measured, else the pretrained model's on its training data (`pretrain.epochs`)."""
     utility = metrics.get("utility") or {}
     if "test_acc" in utility:
-        return utility["test_acc"]
-    return (metrics.get("pretrain") or {}).get("train_acc_eval")
+        return utility["test_acc"], "held-out, trained with the defence"
+    pretrain = metrics.get("pretrain") or {}
+    if "train_acc_eval" in pretrain:
+        return pretrain["train_acc_eval"], "training data, pretrained"
+    return None, None
 
 
 def job_row(job_dir: Path) -> dict[str, Any]:
@@ -85,7 +89,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     metrics = metrics or {}
     row.update({score: metrics.get(score) for score in SCORES})
     row["ra_index"] = rank.get("ra_index")
-    row["accuracy"] = _accuracy(metrics)
+    row["accuracy"], row["accuracy_on"] = _accuracy(metrics)
     row["reason"] = "no metrics.json: the job did not finish" if not metrics else metrics.get("error")
     for override in overrides:
         key, value = _override_key(str(override))

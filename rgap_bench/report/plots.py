@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from rgap_bench.logging import atomic_write
+from rgap_bench.report.tables import group_keys
 
 SIZE = (5.0, 3.4)
 
@@ -88,7 +89,17 @@ def rank_vs_psnr(frame: pd.DataFrame) -> Figure | None:
 
 
 def accuracy_vs_psnr(frame: pd.DataFrame) -> Figure | None:
-    return _scatter(frame, "accuracy", "Accuracy vs leakage", "model accuracy")
+    """Each point labelled with its design (the swept keys other than the attack and the replicates), so a secure
+    design shows as low PSNR at the accuracy of the others."""
+    measured = sorted(frame["accuracy_on"].dropna().unique()) if "accuracy_on" in frame else []
+    fig = _scatter(frame, "accuracy", "Accuracy vs leakage", f"model accuracy ({'; '.join(measured) or '-'})")
+    design = [k for k in group_keys(frame) if k != "attack"]
+    if fig is not None and design:
+        ax = fig.axes[0]
+        for _, job in _finished(frame, "accuracy").iterrows():
+            label = ", ".join(str(job[k]) for k in design)
+            ax.annotate(label, (job["accuracy"], job["psnr"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    return fig
 
 
 PLOTS: dict[str, Callable[[pd.DataFrame], Figure | None]] = {

@@ -35,6 +35,7 @@ class ConvSystem:
     z: Tensor | None  # (F, Ho, Wo): pre-activation recovered from the layer above
     geom: ConvGeometry
     scale_rows: bool = True
+    alive: Tensor | None = None  # (F, Ho, Wo) bool: outputs whose weight rows are kept (ReLU: dead ones have none)
     grad_scale: Tensor = field(init=False)
     weight_scale: Tensor = field(init=False)
 
@@ -50,6 +51,8 @@ class ConvSystem:
         else:
             self.grad_scale = torch.ones_like(self.weight[:, :1])
             self.weight_scale = torch.ones_like(self.k)
+        if self.alive is not None:  # a dropped row is a zero row: every product below honours it
+            self.weight_scale = self.weight_scale * self.alive.to(self.weight_scale.dtype)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -116,7 +119,8 @@ class ConvSystem:
 
         A weight row's scale is the norm of its filter over the taps that fall inside the image, so output
         positions with the same padding pattern share one block: only a few distinct blocks are multiplied out
-        (9 for a 3x3 kernel with padding 1) instead of one per position."""
+        (9 for a 3x3 kernel with padding 1) instead of one per position. With `alive` the filters kept at a
+        position are part of its pattern (up to one block per position)."""
         c, h, w = self.geom.in_shape
         n = c * h * w
         kmat = self.channel_matrix()
@@ -128,12 +132,14 @@ class ConvSystem:
         valid = rows >= 0
         wflat = self.weight.reshape(filters, -1)  # (F, P)
         s2 = (self.weight_scale**2).reshape(filters, -1)  # (F, L)
-        patterns, which = torch.unique(valid, dim=0, return_inverse=True)
+        taps_per_position = valid.shape[1]
+        key = valid if self.alive is None else torch.cat([valid, self.alive.reshape(filters, -1).T], dim=1)
+        patterns, which = torch.unique(key, dim=0, return_inverse=True)
         flat_gram = gram.view(-1)
-        for u, pattern in enumerate(patterns):
+        for u, pattern in enumerate(patterns[:, :taps_per_position]):
             positions = torch.nonzero(which == u)[:, 0]
             taps = wflat[:, pattern]  # (F, P_valid)
-            block = (taps.T * s2[:, positions[0]]) @ taps  # the scale is shared by the pattern's positions
+            block = (taps.T * s2[:, positions[0]]) @ taps  # the scale (and mask) is shared by the pattern's positions
             idx = rows[positions][:, pattern]  # (L_u, P_valid)
             flat = (idx[:, :, None] * n + idx[:, None, :]).reshape(-1)
             flat_gram.index_add_(0, flat, block.expand(len(positions), -1, -1).reshape(-1))

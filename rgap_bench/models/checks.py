@@ -15,15 +15,15 @@ from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.models.layers import SequentialNet
 
 SUPPORTED_LAYERS = "nn.Conv2d (groups=1, dilation=1, zero padding) and nn.Linear, with or without bias"
-SUPPORTED_ACTIVATIONS = "LeakyReLU with a positive slope, Identity, Sigmoid or Tanh"
+SUPPORTED_ACTIVATIONS = "ReLU (not on the output layer), LeakyReLU with a slope >= 0, Identity, Sigmoid or Tanh"
 # What a user can do instead when R-GAP cannot walk a model: the matching attacks only need autograd.
 ALTERNATIVE = "or attack this model with gradient matching (attack=ig, attack=dlg), which needs no invertible layers"
 
 
 @dataclass(frozen=True)
 class CheckedBlock:
-    """One block that passed: its weight op, its activation's negative slope (Identity: 1; None for a smooth
-    activation, named by `smooth`) and its shapes."""
+    """One block that passed: its weight op, its activation's negative slope (Identity: 1; ReLU: 0; None for a
+    smooth activation, named by `smooth`) and its shapes."""
 
     index: int
     op: nn.Conv2d | nn.Linear
@@ -37,17 +37,19 @@ SMOOTH = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
 
 
 def activation_slope(module: nn.Module, where: str) -> float | None:
-    """The negative slope of an invertible piecewise-linear activation, or say why R-GAP cannot pass through it."""
+    """The negative slope of a piecewise-linear activation (ReLU: 0, its dead units lose their equations; see
+    `rgap_bench.linalg.activations.Rectifier`), or say why R-GAP cannot pass through it."""
     if isinstance(module, nn.Identity):
         return 1.0
-    if isinstance(module, nn.LeakyReLU) and module.negative_slope > 0:
-        return float(module.negative_slope)
+    if isinstance(module, nn.ReLU):
+        return 0.0
+    if isinstance(module, nn.LeakyReLU) and module.negative_slope >= 0:
+        return float(module.negative_slope)  # slope 0 is a ReLU
     if type(module) in SMOOTH:
         return None  # invertible on its range; CheckedBlock.smooth names it
     reason = {
-        nn.ReLU: "ReLU zeroes negative pre-activations, so they cannot be recovered (use leaky_relu)",
-        nn.LeakyReLU: "a LeakyReLU with slope <= 0 is not invertible",
-    }.get(type(module), "R-GAP needs an invertible activation")
+        nn.LeakyReLU: "a LeakyReLU with a negative slope is not monotone, so its input cannot be read back",
+    }.get(type(module), "R-GAP needs an invertible or piecewise-linear activation")
     raise UnsupportedModelError(
         f"{where}: activation {module.__class__.__name__} is not supported by R-GAP: {reason}. "
         f"Supported: {SUPPORTED_ACTIVATIONS}; {ALTERNATIVE}."
@@ -112,6 +114,12 @@ def check_model(model: nn.Module) -> list[CheckedBlock]:
             "R-GAP's output step needs an nn.Linear head (one logit for the binary logistic loss, one per class for "
             f"cross-entropy); the last layer is {head}; give the model a final {{kind: linear, out: ...}} layer, "
             f"{ALTERNATIVE}"
+        )
+    if blocks[-1].slope == 0.0:
+        raise UnsupportedModelError(
+            f"layer {blocks[-1].index}: R-GAP's output step inverts the head's activation, and a ReLU on the output "
+            "layer hides every negative logit; give the model a final layer with activation identity (cross-entropy) "
+            f"or leaky_relu (binary logistic), {ALTERNATIVE}"
         )
     return blocks
 

@@ -57,6 +57,9 @@ class LayerRank:
     method: str
     time_s: float
     note: str = ""
+    # False below a ReLU: the weight rows counted assume every unit alive, an upper bound; each input's dead units
+    # remove theirs, and how many depends on the input, which the analysis does not see
+    weight_rows_exact: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -128,11 +131,27 @@ def probe_errors(model: SequentialNet, probe: str, seed: int) -> tuple[list[Tens
     return [z[0].detach() for z in zs], ks
 
 
+def _is_relu(act: nn.Module) -> bool:
+    return isinstance(act, nn.ReLU) or (isinstance(act, nn.LeakyReLU) and act.negative_slope == 0)
+
+
 def _known_outputs(act: nn.Module, z: Tensor) -> np.ndarray | None:
     """Output units whose z a server can read back from the layer above; ReLU hides the negative ones."""
-    if isinstance(act, nn.ReLU):
+    if _is_relu(act):
         return (z.reshape(-1) > 0).numpy()
     return None
+
+
+def _relu_note(z: Tensor | None, weight_rows: int, numeric: bool) -> str:
+    """What the counts of a ReLU layer mean: an upper bound on the weight rows; the probe's dead units, if any."""
+    note = (
+        f"ReLU: the {weight_rows} weight rows counted are an upper bound; each input's dead units remove theirs "
+        "(how many depends on the input)"
+    )
+    if numeric and z is not None:
+        dead = int((z.reshape(-1) <= 0).sum())
+        note += f"; the measured rank drops the probe input's {dead} dead units, another input differs"
+    return note
 
 
 def _counts(op: nn.Module, in_shape: tuple[int, ...]) -> LayerCounts:
@@ -189,6 +208,9 @@ def analyse_model(
         if result.rank != c.bound:
             rel = "below" if result.rank < c.bound else "above"
             note = f"measured rank {rel} the bound by {abs(c.bound - result.rank)}"
+        relu = _is_relu(block.act)
+        if relu:
+            note = "; ".join(filter(None, (note, _relu_note(zs[i], c.weight_constraints, numeric))))
         rows.append(
             LayerRank(
                 index=i, layer=describe(op), in_shape=list(shapes[i]), unknowns=c.unknowns,
@@ -197,7 +219,7 @@ def analyse_model(
                 naive_deficiency=c.naive_deficiency, dependencies=c.dependencies, bound=c.bound,
                 predicted_deficiency=c.predicted_deficiency, bound_sharp=c.sharp, rank=result.rank,
                 deficiency=c.unknowns - result.rank, sigma_min_rel=result.sigma_min_rel, carried_deficiency=0,
-                method=result.method, time_s=result.time_s, note=note,
+                method=result.method, time_s=result.time_s, note=note, weight_rows_exact=not relu,
             )
         )  # fmt: skip
     _carry_down(rows, counts)
@@ -224,8 +246,11 @@ def _carry_down(rows: list[LayerRank], counts: list[LayerCounts]) -> None:
 
 
 def verdict(rows: list[LayerRank], ra_index: float, reason: str | None) -> str:
+    relu = [row.index for row in rows if not row.weight_rows_exact]
     if ra_index == 0:
         text = "every layer is determined: the gradient is predicted to reveal the input exactly"
+        if relu:
+            text = "every layer is determined as analysed (ReLU: see below): the gradient is predicted to reveal the input"
     else:
         worst = max(rows, key=lambda r: r.carried_deficiency / r.unknowns)
         text = (
@@ -234,6 +259,12 @@ def verdict(rows: list[LayerRank], ra_index: float, reason: str | None) -> str:
         )
         if rows[0].carried_deficiency == 0:
             text += "; jointly (all layers' equations on the input) the input is still determined"
+    if relu:
+        text += (
+            f". Layers {relu} have ReLU: their weight rows are counted as if every unit were alive, an upper bound; "
+            "each input's dead units drop theirs, so the ranks can be lower on data (R-GAP's layers.json reports "
+            "the rows dropped and the rank reached per input)"
+        )
     if reason:
         text += f". R-GAP cannot attack this model as is: {reason}"
     return text

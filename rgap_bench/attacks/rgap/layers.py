@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rgap_bench.errors import InvalidUpdateError
-from rgap_bench.linalg.activations import Activation, PiecewiseLinear, Smooth
+from rgap_bench.linalg.activations import Activation, PiecewiseLinear, Rectifier, Smooth
 from rgap_bench.linalg.constraints import ConvGeometry
 from rgap_bench.models.checks import check_model
 from rgap_bench.rank.counts import conv_counts
@@ -71,7 +71,7 @@ def read_layers(model: nn.Module, update: ClientUpdate, dtype: torch.dtype) -> l
         bias_grad = None
         if op.bias is not None:
             bias_grad = _read_tensor(update, f"blocks.{block.index}.op.bias", op.bias, dtype)
-        act = Smooth(block.smooth) if block.smooth else PiecewiseLinear(block.slope)
+        act = Smooth(block.smooth) if block.smooth else Rectifier() if block.slope == 0 else PiecewiseLinear(block.slope)
         layers.append(RGAPLayer(block.index, key, op, act, block.in_shape, block.out_shape, grad, bias_grad))
     return layers
 

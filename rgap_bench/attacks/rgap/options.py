@@ -27,6 +27,9 @@ class RGAPOptions:
     tol: float = 1e-11  # iterative solver: relative residual of the normal equations
     max_iter: int = 3000  # iterative solver: iteration cap per layer
     carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
+    # ReLU: a reconstructed output within this fraction of the layer's largest |output| is a dead unit (its weight
+    # row is dropped); float64 solves leave ~1e-12 there, float32 ~1e-6, noise (a defence) far more
+    relu_dead_tol: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float64", "float32"):

@@ -3,6 +3,9 @@
 For each block below the head: k_i = (W_{i+1}^T k_{i+1}) * sigma'(z_i), z_i = sigma^-1(x_{i+1}), and the layer
 input solves [gradient rows; weight rows] x_i = [dL/dW_i; z_i]. When a layer's system is rank-deficient its null
 space is carried down: the conv below solves its own input together with the free coefficients.
+
+Below a ReLU, a dead output (x_{i+1} = 0) only says z_i <= 0: its weight row is dropped and k_i is 0 there
+(`_live_outputs` decides which; the solvers honour the mask `LayerProblem.alive`).
 """
 
 from __future__ import annotations
@@ -19,15 +22,31 @@ from rgap_bench.attacks.rgap.plan import plan_layer
 from rgap_bench.attacks.rgap.report import completed_below, layer_report
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
 from rgap_bench.attacks.rgap.start import HeadStart
-from rgap_bench.linalg.activations import PiecewiseLinear
+from rgap_bench.linalg.activations import PiecewiseLinear, Rectifier
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.types import LayerReport, Reconstruction
 
 
+def _live_outputs(layer: RGAPLayer, x: Tensor, back_k: Tensor, options: RGAPOptions) -> Tensor:
+    """The outputs of a ReLU layer that were not dead, from its reconstructed output x (attack.relu_dead_tol).
+
+    A linear layer with a bias also has dL/db = k exactly (one sample), and k is exactly 0 at a dead unit: when the
+    bias gradient has exact zeros (a clean update) they decide, a unit whose back-propagated error is itself 0
+    falling back on x. Without exact zeros (noise from a defence, or nothing dead) x alone decides."""
+    x = x.reshape(layer.out_shape)
+    dead = layer.act.dead(x, options.relu_dead_tol)
+    if layer.bias_grad is not None and not layer.is_conv:
+        zero = layer.bias_grad.reshape(layer.out_shape) == 0
+        if bool(zero.any()):
+            dead = zero & (dead | (back_k.reshape(layer.out_shape) != 0))
+    return ~dead
+
+
 def _solve_layer(
-    layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype
+    layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype, alive: Tensor | None = None
 ) -> tuple[Tensor, LayerReport, Tensor | np.ndarray | None]:
-    """One layer on its own: plan, solve, report; returns its input, its report and its null basis (if measured)."""
+    """One layer on its own: plan, solve, report; returns its input, its report and its null basis (if measured).
+    `alive` (a ReLU layer): the outputs whose weight rows are kept."""
     start = time.perf_counter()
     weight = layer.op.weight.detach().to(dtype)
     if layer.op.bias is not None:  # the weight rows are W x = z - b; the gradient rows do not see the bias
@@ -35,15 +54,18 @@ def _solve_layer(
     geom = layer.geometry
     system = None
     if geom is not None:
-        system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, options.scale_rows)
+        k_map = k.reshape(weight.shape[0], *geom.out_hw)
+        system = ConvSystem(weight, k_map, layer.grad, z, geom, options.scale_rows, alive=alive)
     plan = plan_layer(layer, k, system, options, dtype)
-    solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system), plan, options)
-    return solve.x, layer_report(layer, solve, plan, time.perf_counter() - start), solve.null_basis
+    solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system, alive), plan, options)
+    report = layer_report(layer, solve, plan, time.perf_counter() - start, alive=alive, k=k)
+    return solve.x, report, solve.null_basis
 
 
 def _carries_null_space(layers: list[RGAPLayer], layer: RGAPLayer, options: RGAPOptions) -> bool:
-    """The joint solve needs a conv below (a linear layer is never deficient anyway) whose activation is piecewise
-    linear: it searches that activation's pattern, which a smooth activation does not have."""
+    """The joint solve needs a conv below (a linear layer is never deficient anyway) whose activation is an
+    invertible piecewise-linear one: it searches that activation's pattern, which a smooth activation does not
+    have; below a ReLU the pattern would also decide which weight rows exist, a search it does not do."""
     if not (options.carry_null_space and layer.index > 0):
         return False
     below = layers[layer.index - 1]
@@ -57,6 +79,7 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
     x_next: Tensor | None = None
     null_basis = None
     for layer in reversed(layers):
+        alive = None
         if x_next is not None:
             back_k = back_propagate(layers[layer.index + 1], k, dtype)
             if null_basis is not None:
@@ -68,9 +91,14 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
                 reports[-1] = completed_below(reports[-1], lower)
                 reports.append(lower)
                 continue
-            z = layer.act.inverse(x_next.reshape(layer.out_shape))
-            k = back_k * layer.act.derivative(z)
-        x_next, report, null_basis = _solve_layer(layer, k, z, options, dtype)
+            if isinstance(layer.act, Rectifier):
+                alive = _live_outputs(layer, x_next, back_k, options)
+                z = torch.where(alive, layer.act.inverse(x_next.reshape(layer.out_shape)), 0.0)
+                k = back_k * alive
+            else:
+                z = layer.act.inverse(x_next.reshape(layer.out_shape))
+                k = back_k * layer.act.derivative(z)
+        x_next, report, null_basis = _solve_layer(layer, k, z, options, dtype, alive)
         if not _carries_null_space(layers, layer, options):
             null_basis = None
         reports.append(report)

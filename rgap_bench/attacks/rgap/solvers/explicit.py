@@ -21,8 +21,15 @@ def _blocks(problem: LayerProblem) -> list[ConstraintBlock]:
     w64, g64, k64, z64 = (t.detach().to(**cpu) for t in (problem.weight, problem.layer.grad, problem.k, problem.z))
     geom = problem.layer.geometry
     if geom is not None:
-        return conv_constraints(w64, g64, k64.reshape(w64.shape[0], -1), z64, geom)
-    return linear_constraints(w64, g64, k64, z64)
+        blocks = conv_constraints(w64, g64, k64.reshape(w64.shape[0], -1), z64, geom)
+    else:
+        blocks = linear_constraints(w64, g64, k64, z64)
+    if problem.alive is None:
+        return blocks
+    keep = problem.alive.detach().reshape(-1).cpu().numpy()  # one weight row per output, in z's order
+    return [
+        ConstraintBlock(b.kind, b.matrix[keep], b.rhs[keep]) if b.kind == "weight" else b for b in blocks
+    ]
 
 
 def _solve_factorised(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions, kind: str) -> LayerSolve:

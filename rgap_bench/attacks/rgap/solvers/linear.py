@@ -10,5 +10,6 @@ from rgap_bench.linalg.operators import LinearSystem
 
 def solve_linear(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> LayerSolve:
     layer = problem.layer
-    x, residual = LinearSystem(problem.weight, problem.k, layer.grad, problem.z, options.scale_rows).solve()
+    weight, z = problem.live_weight_rows()  # a dead ReLU unit's k is 0 too: LinearSystem skips its gradient rows
+    x, residual = LinearSystem(weight, problem.k, layer.grad, z, options.scale_rows).solve()
     return LayerSolve(x.reshape(layer.in_shape), residual, "direct-linear")

@@ -250,7 +250,9 @@ def verdict(rows: list[LayerRank], ra_index: float, reason: str | None) -> str:
     if ra_index == 0:
         text = "every layer is determined: the gradient is predicted to reveal the input exactly"
         if relu:
-            text = "every layer is determined as analysed (ReLU: see below): the gradient is predicted to reveal the input"
+            text = (
+                "every layer is determined as analysed (ReLU: see below): the gradient is predicted to reveal the input"
+            )
     else:
         worst = max(rows, key=lambda r: r.carried_deficiency / r.unknowns)
         text = (

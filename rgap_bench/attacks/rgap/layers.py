@@ -71,7 +71,9 @@ def read_layers(model: nn.Module, update: ClientUpdate, dtype: torch.dtype) -> l
         bias_grad = None
         if op.bias is not None:
             bias_grad = _read_tensor(update, f"blocks.{block.index}.op.bias", op.bias, dtype)
-        act = Smooth(block.smooth) if block.smooth else Rectifier() if block.slope == 0 else PiecewiseLinear(block.slope)
+        act: Activation = PiecewiseLinear(block.slope) if block.slope else Rectifier()  # slope 0: a ReLU
+        if block.smooth:
+            act = Smooth(block.smooth)
         layers.append(RGAPLayer(block.index, key, op, act, block.in_shape, block.out_shape, grad, bias_grad))
     return layers
 

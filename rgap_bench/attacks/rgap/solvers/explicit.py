@@ -27,9 +27,7 @@ def _blocks(problem: LayerProblem) -> list[ConstraintBlock]:
     if problem.alive is None:
         return blocks
     keep = problem.alive.detach().reshape(-1).cpu().numpy()  # one weight row per output, in z's order
-    return [
-        ConstraintBlock(b.kind, b.matrix[keep], b.rhs[keep]) if b.kind == "weight" else b for b in blocks
-    ]
+    return [ConstraintBlock(b.kind, b.matrix[keep], b.rhs[keep]) if b.kind == "weight" else b for b in blocks]
 
 
 def _solve_factorised(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions, kind: str) -> LayerSolve:

@@ -160,3 +160,18 @@ def test_deficient_relu_layer_is_reported_and_hgap_beats_both_parts(photo_batch,
     assert hgap.info["hgap"]["deficient_layers"] == [1]
     scores = {name: psnr(rec.inputs, batch.inputs) for name, rec in (("rgap", rgap), ("dlg", dlg), ("hgap", hgap))}
     assert scores["hgap"] >= max(scores["rgap"], scores["dlg"]), scores
+
+
+def test_a_linear_layers_bias_gradient_decides_which_units_are_dead(psnr):
+    """dL/db = k is exactly 0 at a dead unit: with it, a tolerance that would call live units dead changes nothing."""
+    model = _mlp(12, (40, 20))
+    batch = _digit(12, index=1000)
+    exact, _ = _attack(model, batch)
+    loose, _ = _attack(model, batch, relu_dead_tol=0.5)
+    assert [r.dead_rows_dropped for r in loose.layers] == [r.dead_rows_dropped for r in exact.layers]
+    assert psnr(loose.inputs, batch.inputs) >= 60
+    model.blocks[0].op.bias = None  # x alone decides now: half the live units of layer 0 are taken for dead
+    client = FedSGDClient(model, loss="cross_entropy", share_labels=False, label_policy="true")
+    update = client.compute_update(batch, client.targets(batch))
+    loose = RGAP(relu_dead_tol=0.5)(model, update)
+    assert loose.layers[0].dead_rows_dropped > _dead_by_forward_pass(model, batch.inputs)[0][0]

@@ -28,7 +28,7 @@ class RGAPOptions:
     max_iter: int = 3000  # iterative solver: iteration cap per layer
     carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
     # ReLU: a reconstructed output within this fraction of the layer's largest |output| is a dead unit (its weight
-    # row is dropped); float64 solves leave ~1e-12 there, float32 ~1e-6, noise (a defence) far more
+    # row is dropped); exact solves leave 1e-10..1e-7 there in float64, up to ~1e-6 in float32, noise far more
     relu_dead_tol: float = 1e-5
 
     def __post_init__(self) -> None:

@@ -3,12 +3,15 @@ counts what was lost, and H-GAP completes what the closed form leaves open."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 
 import pytest
 import torch
 from torch import nn
 
+from rgap_bench.__main__ import main
 from rgap_bench.attacks.dlg import DLG
 from rgap_bench.attacks.hgap import HGAP
 from rgap_bench.attacks.rgap import RGAP
@@ -175,3 +178,19 @@ def test_a_linear_layers_bias_gradient_decides_which_units_are_dead(psnr):
     update = client.compute_update(batch, client.targets(batch))
     loose = RGAP(relu_dead_tol=0.5)(model, update)
     assert loose.layers[0].dead_rows_dropped > _dead_by_forward_pass(model, batch.inputs)[0][0]
+
+
+def test_cli_run_on_a_relu_convnet_reports_dead_rows(tmp_path, monkeypatch, capsys):
+    """`python -m rgap_bench` in this process: layers.json and the console table carry the lost rows."""
+    run_dir = tmp_path / "run"
+    argv = ["rgap_bench", "model=convnet", "data.image_size=8", "logger=none", "save_images=false"]
+    argv += ["model.layers.0.activation=relu", "model.layers.1.activation=relu"]
+    argv += [f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["psnr"] >= 60
+    layers = json.loads((run_dir / "layers.json").read_text())["layers"]
+    assert [layer["dead_rows_dropped"] is None for layer in layers] == [False, False, True]
+    assert layers[0]["dead_rows_dropped"] > 0 and all(layer["determined"] for layer in layers)
+    assert "dead" in capsys.readouterr().out

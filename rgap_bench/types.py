@@ -129,6 +129,10 @@ class LayerReport:
     # solution that fits every equation of both layers (residual < 1e-3; None for every other solve)
     pattern_settled: bool | None = None
     normal_residual_rel: float | None = None  # iterative solvers: ||N x - A^T b|| / ||A^T b|| where they stopped
+    # a layer with a bias: its bias equations (one per output unit or channel; they fix dL/dz, not x) and how well
+    # the recursion's k matched the shared bias gradient, ||db(k) - db|| / ||db|| (None: no bias)
+    bias_equations: int = 0
+    bias_residual_rel: float | None = None
     status: Status = "approximate"  # set by the attack from its solve (rgap_bench.attacks.rgap.report)
     status_reason: str = UNASSESSED
 

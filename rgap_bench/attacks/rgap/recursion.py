@@ -7,13 +7,14 @@ space is carried down: the conv below solves its own input together with the fre
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rgap_bench.attacks.rgap.layers import RGAPLayer, back_propagate
+from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate, bias_equations
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.plan import plan_layer
 from rgap_bench.attacks.rgap.report import completed_below, layer_report
@@ -35,7 +36,8 @@ def _solve_layer(
     geom = layer.geometry
     system = None
     if geom is not None:
-        system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, options.scale_rows)
+        k_map = k.reshape(layer.out_shape)  # pooled layers: the pooled error (ConvSystem spreads it over P)
+        system = ConvSystem(weight, k_map, layer.grad, z, geom, options.scale_rows, layer.pool)
     plan = plan_layer(layer, k, system, options, dtype)
     solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system), plan, options)
     return solve.x, layer_report(layer, solve, plan, time.perf_counter() - start), solve.null_basis
@@ -48,6 +50,12 @@ def _carries_null_space(layers: list[RGAPLayer], layer: RGAPLayer, options: RGAP
         return False
     below = layers[layer.index - 1]
     return isinstance(below.op, nn.Conv2d) and isinstance(below.act, PiecewiseLinear)
+
+
+def _with_bias(report: LayerReport, bias: BiasCheck | None) -> LayerReport:
+    if bias is None:
+        return report
+    return dataclasses.replace(report, bias_equations=bias.equations, bias_residual_rel=bias.residual_rel)
 
 
 def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dtype: torch.dtype) -> Reconstruction:
@@ -64,16 +72,18 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
                 joint = solve_joint(layer, back_k, x_next, null_basis, options, dtype)
                 x_next, null_basis = joint.x, None
                 k = back_k * layer.act.derivative(layer.act.inverse(joint.x_upper))
-                lower = layer_report(layer, joint, None, time.perf_counter() - began)
+                k, bias = bias_equations(layer, k)
+                lower = _with_bias(layer_report(layer, joint, None, time.perf_counter() - began), bias)
                 reports[-1] = completed_below(reports[-1], lower)
                 reports.append(lower)
                 continue
             z = layer.act.inverse(x_next.reshape(layer.out_shape))
             k = back_k * layer.act.derivative(z)
+        k, bias = bias_equations(layer, k)
         x_next, report, null_basis = _solve_layer(layer, k, z, options, dtype)
         if not _carries_null_space(layers, layer, options):
             null_basis = None
-        reports.append(report)
+        reports.append(_with_bias(report, bias))
     reports.reverse()
     residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
     image = x_next.reshape(1, *layers[0].in_shape).float().cpu()

@@ -81,7 +81,7 @@ def layer_report(layer: RGAPLayer, solve: LayerSolve, plan: LayerPlan | None, ti
         log.info("layer %d: %s", layer.index, note)
     report = LayerReport(
         layer.index,
-        describe_op(layer.op),
+        describe_op(layer.op, layer.pool),
         unknowns=n,
         unknowns_padded=padded,
         gradient_constraints=layer.grad.numel(),

@@ -198,7 +198,10 @@ def test_check_model_refuses_what_is_not_average_pooling_before_an_invertible_ac
     conv = nn.Conv2d(1, 2, 3)
     head = Block(nn.Linear(2 * 6 * 6, 1), nn.Identity())
     cases = [
-        (Block(conv, nn.LeakyReLU(0.2), nn.MaxPool2d(2)), r"layer 0 \(Conv2d\): MaxPool2d is not supported by R-GAP: max pooling"),
+        (
+            Block(conv, nn.LeakyReLU(0.2), nn.MaxPool2d(2)),
+            r"layer 0 \(Conv2d\): MaxPool2d is not supported by R-GAP: max pooling",
+        ),
         (Block(conv, nn.LeakyReLU(0.2), nn.AvgPool2d(2, stride=1)), "kernel = stride"),
         (Block(conv, nn.BatchNorm2d(2)), "batch norm in train mode"),
         (Block(conv, nn.Dropout()), "active dropout"),

@@ -136,6 +136,10 @@ class LayerReport:
     # the layer's input is unique: rank == unknowns (measured or proven), or its deficiency completed by the joint
     # solve below; None when the rank was not measured (a large conv solved by PCG: see rank_method / note)
     determined: bool | None = None
+    # a layer with a bias: its bias equations (one per output unit or channel; they fix dL/dz, not x) and how well
+    # the recursion's k matched the shared bias gradient, ||db(k) - db|| / ||db|| (None: no bias)
+    bias_equations: int = 0
+    bias_residual_rel: float | None = None
     status: Status = "approximate"  # set by the attack from its solve (rgap_bench.attacks.rgap.report)
     status_reason: str = UNASSESSED
 

@@ -8,6 +8,9 @@ both are applied with conv2d / conv2d_weight and their adjoints with conv2d_inpu
 The gradient rows of a conv separate per input channel and share one small matrix K (C_out*kh*kw x H*W), so
 I_C (x) K^T K is block diagonal with identical blocks; together with the exact diagonal of the weight part it makes
 a block-Jacobi preconditioner whose blocks are solved exactly (directly, or through Woodbury when K is wide).
+
+A conv followed by average pooling (`pool` > 1) keeps both kinds of rows: the gradient rows use the full-resolution
+error P^T k, the weight rows are the equivalent strided conv (`rgap_bench.linalg.pooling`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConvGeometry, conv_patch_index
+from rgap_bench.linalg.pcg import pcg
+from rgap_bench.linalg.pooling import pooled_filters, pooled_geometry, upsample_error
 
 
 def _inverse_norm(norm2: Tensor) -> Tensor:
@@ -27,7 +32,8 @@ def _inverse_norm(norm2: Tensor) -> Tensor:
 
 @dataclass
 class ConvSystem:
-    """Scaled least-squares system [D_g G; D_w W] x = [D_g vec(dL/dW); D_w z] of one bias-free conv layer."""
+    """Scaled least-squares system [D_g G; D_w W] x = [D_g vec(dL/dW); D_w z] of one bias-free conv layer
+    (`pool` > 1: k and z are the pooled error and pre-activation, (F, Ho/p, Wo/p))."""
 
     weight: Tensor  # (F, C, kh, kw)
     k: Tensor  # (F, Ho, Wo): dL/dz of this layer
@@ -35,18 +41,25 @@ class ConvSystem:
     z: Tensor | None  # (F, Ho, Wo): pre-activation recovered from the layer above
     geom: ConvGeometry
     scale_rows: bool = True
-    alive: Tensor | None = None  # (F, Ho, Wo) bool: outputs whose weight rows are kept (ReLU: dead ones have none)
+    pool: int = 1  # average pooling (kernel = stride) between the conv and the activation
+    # (F, Ho, Wo) bool, on the pooled outputs when pooled: outputs whose weight rows are kept (ReLU: dead ones have
+    # none; the activation follows the pooling, so a dead unit is a pooled output)
+    alive: Tensor | None = None
     grad_scale: Tensor = field(init=False)
     weight_scale: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
+        self.k_full = upsample_error(self.k, self.geom.out_hw, self.pool)  # the gradient rows' error, P^T k
+        self.row_weight = pooled_filters(self.weight, self.geom.stride, self.pool)  # the weight rows' conv
+        self.row_geom = pooled_geometry(self.geom, self.pool)
         c, h, w = self.geom.in_shape
         ones = torch.ones((1, 1, h, w), dtype=self.weight.dtype, device=self.weight.device)
         if self.scale_rows:
             kk = (self.weight.shape[0], 1, *self.geom.kernel)
-            g2 = self._weight_grad(ones, (self.k**2)[None], kk)  # (F, 1, kh, kw): independent of the channel
+            g2 = self._weight_grad(ones, (self.k_full**2)[None], kk)  # (F, 1, kh, kw): independent of the channel
             self.grad_scale = _inverse_norm(g2)
-            w2 = F.conv2d(ones.expand(1, c, h, w), self.weight**2, stride=self.geom.stride, padding=self.geom.padding)
+            rg = self.row_geom
+            w2 = F.conv2d(ones.expand(1, c, h, w), self.row_weight**2, stride=rg.stride, padding=rg.padding)
             self.weight_scale = _inverse_norm(w2[0])
         else:
             self.grad_scale = torch.ones_like(self.weight[:, :1])
@@ -61,21 +74,23 @@ class ConvSystem:
     def _weight_grad(self, x: Tensor, k: Tensor, size: tuple[int, ...]) -> Tensor:
         return torch.nn.grad.conv2d_weight(x, size, k, stride=self.geom.stride, padding=self.geom.padding)
 
-    def _input_grad(self, weight: Tensor, out: Tensor) -> Tensor:
-        size = (1, *self.geom.in_shape)
-        return torch.nn.grad.conv2d_input(size, weight, out, stride=self.geom.stride, padding=self.geom.padding)[0]
+    def _input_grad(self, weight: Tensor, out: Tensor, geom: ConvGeometry | None = None) -> Tensor:
+        geom = geom or self.geom
+        size = (1, *geom.in_shape)
+        return torch.nn.grad.conv2d_input(size, weight, out, stride=geom.stride, padding=geom.padding)[0]
 
     def grad_rows(self, x: Tensor) -> Tensor:
-        return self._weight_grad(x[None], self.k[None], self.weight.shape) * self.grad_scale
+        return self._weight_grad(x[None], self.k_full[None], self.weight.shape) * self.grad_scale
 
     def grad_rows_adjoint(self, v: Tensor) -> Tensor:
-        return self._input_grad(v * self.grad_scale, self.k[None])
+        return self._input_grad(v * self.grad_scale, self.k_full[None])
 
     def weight_rows(self, x: Tensor) -> Tensor:
-        return F.conv2d(x[None], self.weight, stride=self.geom.stride, padding=self.geom.padding)[0] * self.weight_scale
+        rg = self.row_geom
+        return F.conv2d(x[None], self.row_weight, stride=rg.stride, padding=rg.padding)[0] * self.weight_scale
 
     def weight_rows_adjoint(self, y: Tensor) -> Tensor:
-        return self._input_grad(self.weight, (y * self.weight_scale)[None])
+        return self._input_grad(self.row_weight, (y * self.weight_scale)[None], self.row_geom)
 
     def normal(self, x: Tensor) -> Tensor:
         out = self.grad_rows_adjoint(self.grad_rows(x))
@@ -104,7 +119,7 @@ class ConvSystem:
         idx = conv_patch_index(geom1).to(self.k.device)  # (kh*kw, L)
         taps, positions = idx.shape
         filters = self.weight.shape[0]
-        values = self.k.reshape(filters, 1, positions) * self.grad_scale.reshape(filters, taps, 1)
+        values = self.k_full.reshape(filters, 1, positions) * self.grad_scale.reshape(filters, taps, 1)
         rows = torch.arange(filters * taps, device=idx.device).reshape(filters, taps, 1).expand(-1, -1, positions)
         cols = idx[None].expand(filters, -1, -1)
         valid = cols >= 0
@@ -128,9 +143,9 @@ class ConvSystem:
         if self.z is None:
             return gram
         filters = self.weight.shape[0]
-        rows = conv_patch_index(self.geom).to(self.k.device).T  # (L, P): P = C*kh*kw unknowns per position
+        rows = conv_patch_index(self.row_geom).to(self.k.device).T  # (L, P): P = C*kh*kw unknowns per position
         valid = rows >= 0
-        wflat = self.weight.reshape(filters, -1)  # (F, P)
+        wflat = self.row_weight.reshape(filters, -1)  # (F, P)
         s2 = (self.weight_scale**2).reshape(filters, -1)  # (F, L)
         taps_per_position = valid.shape[1]
         key = valid if self.alive is None else torch.cat([valid, self.alive.reshape(filters, -1).T], dim=1)
@@ -166,7 +181,7 @@ class ConvSystem:
         """Exact diagonal of W^T D_w^2 W, per interior input entry (C, H, W)."""
         if self.z is None:
             return torch.zeros(self.geom.in_shape, dtype=self.k.dtype, device=self.k.device)
-        return self._input_grad(self.weight**2, (self.weight_scale**2)[None])
+        return self._input_grad(self.row_weight**2, (self.weight_scale**2)[None], self.row_geom)
 
 
 class BlockJacobi:
@@ -198,40 +213,6 @@ class BlockJacobi:
         dr = self.inv * r.reshape(c, h * w)  # (C, n)
         t = torch.bmm(self.inverse, (dr @ self.kmat.T)[..., None])[..., 0]  # (C, m)
         return (dr - self.inv * (t @ self.kmat)).reshape(c, h, w)
-
-
-@dataclass
-class PCGResult:
-    x: Tensor
-    iterations: int
-    normal_residual_rel: float
-
-
-def pcg(
-    normal, rhs: Tensor, precondition, *, tol: float, max_iter: int, x0: Tensor | None = None, check_every: int = 10
-) -> PCGResult:
-    """Preconditioned conjugate gradients on N x = rhs, keeping scalars on the device between checks."""
-    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
-    r = rhs - normal(x) if x0 is not None else rhs.clone()
-    z = precondition(r)
-    p = z.clone()
-    rz = (r * z).sum()
-    ref = rhs.norm().clamp_min(1e-300)
-    it = 0
-    rel = float(r.norm() / ref)
-    while it < max_iter and rel > tol:
-        q = normal(p)
-        alpha = rz / (p * q).sum()
-        x = x + alpha * p
-        r = r - alpha * q
-        z = precondition(r)
-        rz_new = (r * z).sum()
-        p = z + (rz_new / rz) * p
-        rz = rz_new
-        it += 1
-        if it % check_every == 0 or it == max_iter:
-            rel = float(r.norm() / ref)
-    return PCGResult(x, it, float(r.norm() / ref))
 
 
 @dataclass

@@ -22,6 +22,7 @@ COLUMNS = (
     ("unknowns_padded", "padded"),
     ("gradient_constraints", "grad eq"),
     ("weight_constraints", "weight eq"),
+    ("bias_equations", "bias eq"),
     ("padding_constraints", "pad eq"),
     ("dependencies", "dep"),
     ("bound", "bound"),

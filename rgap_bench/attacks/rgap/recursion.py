@@ -10,13 +10,14 @@ Below a ReLU, a dead output (x_{i+1} = 0) only says z_i <= 0: its weight row is 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rgap_bench.attacks.rgap.layers import RGAPLayer, back_propagate
+from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate, bias_equations
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.plan import plan_layer
 from rgap_bench.attacks.rgap.report import completed_below, layer_report
@@ -42,6 +43,32 @@ def _live_outputs(layer: RGAPLayer, x: Tensor, back_k: Tensor, options: RGAPOpti
     return ~dead
 
 
+def _error_and_rows(
+    layer: RGAPLayer, back_k: Tensor, x_next: Tensor, options: RGAPOptions
+) -> tuple[Tensor, Tensor, Tensor | None, BiasCheck | None]:
+    """A layer below the head: its pre-activation z, its error k = dL/dz, the outputs that keep their weight rows
+    (a ReLU layer; None otherwise) and its bias check.
+
+    The one place that decides k: back-propagated through the activation, then, for a linear layer with a bias,
+    the shared bias gradient (exactly k for one sample). Below a ReLU the same bias zeros decide the dead units
+    (`_live_outputs`) and k stays 0 at each of them, so the mask and k agree also when a defence's noise leaves no
+    exact zeros (x decides then). Pooled layers: x, z, k and the mask are all on the pooled outputs, since the
+    activation follows the pooling."""
+    x = x_next.reshape(layer.out_shape)
+    alive = None
+    if isinstance(layer.act, Rectifier):
+        alive = _live_outputs(layer, x, back_k, options)
+        z = torch.where(alive, layer.act.inverse(x), 0.0)
+        k = back_k * alive
+    else:
+        z = layer.act.inverse(x)
+        k = back_k * layer.act.derivative(z)
+    k, bias = bias_equations(layer, k)
+    if alive is not None:
+        k = k * alive
+    return z, k, alive, bias
+
+
 def _solve_layer(
     layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype, alive: Tensor | None = None
 ) -> tuple[Tensor, LayerReport, Tensor | np.ndarray | None]:
@@ -54,8 +81,8 @@ def _solve_layer(
     geom = layer.geometry
     system = None
     if geom is not None:
-        k_map = k.reshape(weight.shape[0], *geom.out_hw)
-        system = ConvSystem(weight, k_map, layer.grad, z, geom, options.scale_rows, alive=alive)
+        k_map = k.reshape(layer.out_shape)  # pooled layers: the pooled error (ConvSystem spreads it over P)
+        system = ConvSystem(weight, k_map, layer.grad, z, geom, options.scale_rows, layer.pool, alive)
     plan = plan_layer(layer, k, system, options, dtype)
     solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system, alive), plan, options)
     report = layer_report(layer, solve, plan, time.perf_counter() - start, alive=alive, k=k)
@@ -70,6 +97,12 @@ def _carries_null_space(layers: list[RGAPLayer], layer: RGAPLayer, options: RGAP
         return False
     below = layers[layer.index - 1]
     return isinstance(below.op, nn.Conv2d) and isinstance(below.act, PiecewiseLinear)
+
+
+def _with_bias(report: LayerReport, bias: BiasCheck | None) -> LayerReport:
+    if bias is None:
+        return report
+    return dataclasses.replace(report, bias_equations=bias.equations, bias_residual_rel=bias.residual_rel)
 
 
 def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dtype: torch.dtype) -> Reconstruction:
@@ -87,21 +120,18 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
                 joint = solve_joint(layer, back_k, x_next, null_basis, options, dtype)
                 x_next, null_basis = joint.x, None
                 k = back_k * layer.act.derivative(layer.act.inverse(joint.x_upper))
-                lower = layer_report(layer, joint, None, time.perf_counter() - began)
+                k, bias = bias_equations(layer, k)
+                lower = _with_bias(layer_report(layer, joint, None, time.perf_counter() - began), bias)
                 reports[-1] = completed_below(reports[-1], lower)
                 reports.append(lower)
                 continue
-            if isinstance(layer.act, Rectifier):
-                alive = _live_outputs(layer, x_next, back_k, options)
-                z = torch.where(alive, layer.act.inverse(x_next.reshape(layer.out_shape)), 0.0)
-                k = back_k * alive
-            else:
-                z = layer.act.inverse(x_next.reshape(layer.out_shape))
-                k = back_k * layer.act.derivative(z)
+            z, k, alive, bias = _error_and_rows(layer, back_k, x_next, options)
+        else:
+            k, bias = bias_equations(layer, k)
         x_next, report, null_basis = _solve_layer(layer, k, z, options, dtype, alive)
         if not _carries_null_space(layers, layer, options):
             null_basis = None
-        reports.append(report)
+        reports.append(_with_bias(report, bias))
     reports.reverse()
     residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
     image = x_next.reshape(1, *layers[0].in_shape).float().cpu()

@@ -105,7 +105,7 @@ def layer_report(
         note = join((note, f"{dead} weight rows dropped (dead ReLU outputs); rank not measured (attack.rank)"))
     report = LayerReport(
         layer.index,
-        describe_op(layer.op),
+        describe_op(layer.op, layer.pool),
         unknowns=n,
         unknowns_padded=padded,
         gradient_constraints=layer.grad.numel(),

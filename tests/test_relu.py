@@ -194,3 +194,61 @@ def test_cli_run_on_a_relu_convnet_reports_dead_rows(tmp_path, monkeypatch, caps
     assert [layer["dead_rows_dropped"] is None for layer in layers] == [False, False, True]
     assert layers[0]["dead_rows_dropped"] > 0 and all(layer["determined"] for layer in layers)
     assert "dead" in capsys.readouterr().out
+
+
+# LeNet's block order, relu(avgpool(conv(x)) + b), at 1x12x12: conv1 12x12 -> 6x6, conv2 6x6 -> 3x3
+POOLED = [
+    {"kind": "conv", "out": 8, "kernel": 3, "padding": 1, "pool": 2, "activation": "relu", "bias": True},
+    {"kind": "conv", "out": 16, "kernel": 3, "padding": 1, "pool": 2, "activation": "relu", "bias": True},
+    {"kind": "linear", "out": 10, "activation": "identity", "bias": True},
+]
+
+
+def _pooled_dead_by_forward_pass(model: nn.Module, inputs: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Per pooled ReLU conv: (pooled outputs with z <= 0, gradient rows of filters dead at every pooled output,
+    outputs of the conv before pooling with z <= 0, which R-GAP must not count)."""
+    counts, h = [], inputs
+    with torch.no_grad():
+        for block in model.blocks[:-1]:
+            full = block.op(h)[0]
+            z = block.pool(full[None])[0]
+            silent = int((z.reshape(z.shape[0], -1) <= 0).all(dim=1).sum())
+            counts.append((int((z <= 0).sum()), silent * block.op.weight[0].numel(), int((full <= 0).sum())))
+            h = block.act(z[None])
+    return counts
+
+
+@pytest.mark.parametrize(
+    ("options", "measured"),
+    [({}, True), ({"rank": "exact"}, True), ({"solver": "sparse"}, False), ({"solver": "iterative"}, False),
+     ({"solver": "lstsq"}, False)],
+)  # fmt: skip
+def test_pooled_relu_convnet_drops_the_pooled_dead_rows_and_stays_exact(options, measured, photo_batch, psnr):
+    """The activation follows the pooling, so the dead units are pooled outputs: the rows R-GAP drops are counted
+    on the pooled pre-activation (not the conv's own), and with both convs still determined recovery is exact.
+    Paths that measure no rank leave conv1 (which relies on its weight rows) undecided and the run approximate."""
+    torch.manual_seed(0)
+    model = build_convnet(POOLED, in_channels=1, image_size=12)
+    batch = photo_batch(image_size=12, channels=1)
+    rec, label = _attack(model, batch, **options)
+    hand = _pooled_dead_by_forward_pass(model, batch.inputs)
+    assert all(dead > 0 and silent > 0 and dead != before for dead, silent, before in hand)
+    got = [(r.dead_rows_dropped, r.zero_gradient_rows) for r in rec.layers]
+    assert got == [(dead, silent) for dead, silent, _ in hand] + [(None, None)]
+    assert [r.weight_constraints for r in rec.layers] == [8 * 36, 16 * 9, 10]  # one weight row per pooled output
+    assert [r.bias_equations for r in rec.layers] == [8, 16, 10]
+    assert [r.determined for r in rec.layers] == [True if measured else None, True, True]
+    assert rec.status == ("exact" if measured else "approximate")
+    assert psnr(rec.inputs, batch.inputs) >= 60 and rec.labels.tolist() == label
+
+
+def test_a_pooled_relu_conv_left_deficient_by_its_dead_rows_says_so(photo_batch):
+    """Half the filters: conv1's 4 x 9 gradient rows cannot fix 144 pixels and its dead pooled units take weight
+    rows away, so the layer is reported open (determined false) and the run approximate, not exact."""
+    torch.manual_seed(0)
+    narrow = [{**POOLED[0], "out": 4}, {**POOLED[1], "out": 8}, POOLED[2]]
+    model = build_convnet(narrow, in_channels=1, image_size=8)
+    rec, _ = _attack(model, photo_batch(image_size=8, channels=1))
+    conv1 = rec.layers[0]
+    assert conv1.dead_rows_dropped > 0 and conv1.rank_deficiency > 0 and conv1.determined is False
+    assert rec.status == "approximate"

@@ -75,7 +75,10 @@ class BinaryLogistic(Loss):
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
         if logits.shape[1] != 1:
-            raise ConfigError(f"binary_logistic needs a model with one output logit, got {logits.shape[1]}")
+            raise ConfigError(
+                f"binary_logistic needs a model with one output logit, got {logits.shape[1]}: use "
+                "client.loss=cross_entropy for a model with one logit per class, or a one-logit model"
+            )
         return F.binary_cross_entropy_with_logits(logits[:, 0], targets.to(logits.dtype), reduction=self.reduction)
 
     def soft(self, logits: Tensor, label_logits: Tensor) -> Tensor:
@@ -104,6 +107,19 @@ class CrossEntropy(Loss):
     name: ClassVar[str] = "cross_entropy"
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        classes = logits.shape[1]
+        if classes < 2:
+            raise ConfigError(
+                "cross_entropy needs a model with one logit per class (>= 2), got 1 output (its loss and gradient "
+                "are always 0): give the model a final {kind: linear, out: <classes>} layer (model.outputs=<classes> "
+                "for the paper models), or use client.loss=binary_logistic"
+            )
+        if targets.numel() and int(targets.max()) >= classes:
+            raise ConfigError(
+                f"label {int(targets.max())} does not fit a model with {classes} output logits: the data has more "
+                f"classes than the model has outputs; give the model one output per class (model.outputs, or the "
+                f"last layer's out)"
+            )
         return F.cross_entropy(logits, targets.long(), reduction=self.reduction)
 
     def soft(self, logits: Tensor, label_logits: Tensor) -> Tensor:

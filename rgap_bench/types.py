@@ -134,6 +134,17 @@ class LayerReport:
     # solution that fits every equation of both layers (residual < 1e-3; None for every other solve)
     pattern_settled: bool | None = None
     normal_residual_rel: float | None = None  # iterative solvers: ||N x - A^T b|| / ||A^T b|| where they stopped
+    # below a ReLU (None for any other activation): weight rows of dead outputs dropped (of `weight_constraints`),
+    # and gradient rows the dead units left all zero (linear: a dead unit's row of n; conv: a filter dead everywhere)
+    dead_rows_dropped: int | None = None
+    zero_gradient_rows: int | None = None
+    # the layer's input is unique: rank == unknowns (measured or proven), or its deficiency completed by the joint
+    # solve below; None when the rank was not measured (a large conv solved by PCG: see rank_method / note)
+    determined: bool | None = None
+    # a layer with a bias: its bias equations (one per output unit or channel; they fix dL/dz, not x) and how well
+    # the recursion's k matched the shared bias gradient, ||db(k) - db|| / ||db|| (None: no bias)
+    bias_equations: int = 0
+    bias_residual_rel: float | None = None
     status: Status = "approximate"  # set by the attack from its solve (rgap_bench.attacks.rgap.report)
     status_reason: str = UNASSESSED
 

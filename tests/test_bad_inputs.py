@@ -237,9 +237,9 @@ ROWS = [
     ),
     # an attack that cannot handle the model: the layer, and what to do
     Row(
-        "rgap-relu",
-        (*SMALL, "model.layers.1.activation=relu"),
-        ("layer 1 (Conv2d): activation ReLU is not supported", "use leaky_relu", "attack=ig"),
+        "rgap-relu-head",
+        (*SMALL, "model.layers.2.activation=relu"),
+        ("layer 2: R-GAP's output step inverts the head's activation", "activation identity", "attack=ig"),
     ),
     Row("rgap-bias", (*SMALL, "model.layers.2.bias=true"), ("bias-free output layer", "client.loss=cross_entropy")),
     Row("rgap-cross-entropy", (*SMALL, "client.loss=cross_entropy"), ("one logit per class", "out: <classes>")),

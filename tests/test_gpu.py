@@ -18,7 +18,8 @@ import torch
 import rgap_bench.attacks.rgap.solvers.iterative as pcg_module
 from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.fl.client import FedSGDClient
-from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, pcg
+from rgap_bench.linalg.operators import BlockJacobi, ConvSystem
+from rgap_bench.linalg.pcg import pcg
 from rgap_bench.linalg.precision import conv_tf32
 from rgap_bench.models import cnn6
 

@@ -53,6 +53,25 @@ def test_block_operators_equal_the_single_vector_ones(out_channels, size, stride
     assert {BlockJacobi(conv_system(6, 6)[0]).mode, BlockJacobi(conv_system(2, 8)[0]).mode} == {"direct", "woodbury"}
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_block_normal_follows_pooled_weight_rows_and_dead_unit_masks(masked):
+    """A pooled conv (weight rows through the combined filter, gradient rows through P^T k) with or without a ReLU
+    mask on its pooled outputs: the batched operator must apply the same system as `ConvSystem.normal`."""
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(4, 2, 3, 3, dtype=DTYPE, generator=gen)
+    geom = ConvGeometry((2, 8, 8), (3, 3), (1, 1), (1, 1))
+    k = torch.randn(4, 4, 4, dtype=DTYPE, generator=gen)  # the pooled error (8x8 outputs, pool 2)
+    z = torch.randn(4, 4, 4, dtype=DTYPE, generator=gen)
+    grad = torch.randn(weight.shape, dtype=DTYPE, generator=gen)
+    alive = (torch.rand(4, 4, 4, generator=gen) > 0.4) if masked else None
+    system = ConvSystem(weight, k, grad, z, geom, pool=2, alive=alive)
+    columns = torch.randn(2 * 8 * 8, 3, dtype=DTYPE, generator=gen)
+    normal = block_normal(system)(columns)
+    for j in range(3):
+        expected = system.normal(columns[:, j].reshape(system.shape)).reshape(-1)
+        assert torch.allclose(normal[:, j], expected, rtol=1e-12, atol=1e-12)
+
+
 def test_block_pcg_reaches_each_columns_tolerance_and_keeps_converged_columns():
     system, _, _ = conv_system(2, 8)
     apply, pre = block_normal(system), block_preconditioner(BlockJacobi(system))

@@ -10,7 +10,7 @@ import torch
 
 from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.defenses.gaussian import GaussianNoise
-from rgap_bench.linalg.operators import LinearSystem
+from rgap_bench.linalg.linear_system import LinearSystem
 from rgap_bench.linalg.regularize import choose_spectral, rule_for
 from rgap_bench.models import build_convnet
 

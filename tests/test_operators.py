@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from rgap_bench.linalg.constraints import conv_constraints, linear_constraints
+from rgap_bench.linalg.linear_system import LinearSystem
 from rgap_bench.linalg.lstsq import dense_lstsq
-from rgap_bench.linalg.operators import BlockJacobi, LinearSystem, pcg
+from rgap_bench.linalg.operators import BlockJacobi
+from rgap_bench.linalg.pcg import pcg
 
 
 def explicit(system):

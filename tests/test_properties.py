@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from rgap_bench.attacks.logistic_scalar import F_MIN, U_STAR, invert_logistic_scalar, logistic_f
 from rgap_bench.errors import InvalidUpdateError
 from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, linear_constraints
+from rgap_bench.linalg.linear_system import LinearSystem
 from rgap_bench.linalg.lstsq import dense_lstsq, solve_blocks
-from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, LinearSystem
+from rgap_bench.linalg.operators import BlockJacobi, ConvSystem
 from rgap_bench.losses import BinaryLogistic
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tensors of a few hundred entries

@@ -74,9 +74,14 @@ def test_relu_and_bias_report_counts_and_the_reason():
     specs = [LayerSpec("conv", 4, 3, 1, 1, activation="relu", bias=True), LayerSpec("linear", 1, activation="identity")]
     model = build_from_specs("relu_bias", (1, 8, 8), specs)
     report = analyse_model(model)
-    assert not report.rgap_supported and "ReLU" in report.reason  # the bias is supported, the ReLU is not
+    assert report.rgap_supported and report.reason is None  # R-GAP drops the dead units' rows
     assert report.layers[0].unknowns == 64 and report.layers[0].bound == 64
-    assert "cannot attack" in report.verdict
+    # the counts see no data: a ReLU layer's weight rows are an upper bound, and no number of dead units is guessed
+    relu = report.layers[0]
+    assert not relu.weight_rows_exact and report.layers[1].weight_rows_exact
+    assert "upper bound" in relu.note and "probe input's" in relu.note and "Layers [0] have ReLU" in report.verdict
+    counted = analyse_model(model, numeric=False).layers[0]
+    assert "upper bound" in counted.note and "probe" not in counted.note
 
 
 @pytest.mark.slow

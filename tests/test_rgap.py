@@ -127,7 +127,7 @@ def _tiny(act: nn.Module | None = None) -> nn.Module:
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (_tiny(nn.ReLU()), "ReLU"),
+        (_tiny(nn.LeakyReLU(-0.1)), "LeakyReLU"),
         (_tiny(nn.GELU()), "GELU"),
     ],
 )

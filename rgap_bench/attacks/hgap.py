@@ -24,7 +24,7 @@ from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.status import join
 from rgap_bench.errors import ConfigError, UnsupportedModelError
 from rgap_bench.options import build_options
-from rgap_bench.types import ClientUpdate, Reconstruction
+from rgap_bench.types import ClientUpdate, LayerReport, Reconstruction
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ class HGAPOptions:
             )
 
 
+def _unmeasured_relu(report: LayerReport) -> bool:
+    """Below a ReLU, a layer whose dead units dropped weight rows and whose rank was not measured."""
+    return bool(report.dead_rows_dropped) and report.determined is None
+
+
 class HGAP:
     """The attack plugin (`attack=hgap`): R-GAP, then gradient matching where R-GAP's answer is not exact."""
 
@@ -83,7 +88,9 @@ class HGAP:
             log.warning("%s: R-GAP could not split the batch (%s); gradient matching from random inputs", self.name,
                         reason)  # fmt: skip
             closed, unsupported = None, f"R-GAP could not split the batch ({reason}), matched from random inputs"
-        deficient = [] if closed is None else [r.index for r in closed.layers if r.rank_deficiency]
+        # a ReLU layer that lost weight rows and whose rank was not measured may be open too: match it
+        layers = [] if closed is None else closed.layers
+        deficient = [r.index for r in layers if r.rank_deficiency or _unmeasured_relu(r)]
         if closed is not None and not deficient:
             return _with_info(closed, hgap={"stage": "rgap", "deficient_layers": []})
         joint = [] if closed is None else [r.pattern_settled for r in closed.layers if r.pattern_settled is not None]

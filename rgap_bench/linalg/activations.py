@@ -45,4 +45,24 @@ class Smooth:
         return 1 - torch.tanh(z) ** 2
 
 
-Activation = PiecewiseLinear | Smooth
+@dataclass(frozen=True)
+class Rectifier:
+    """ReLU, sigma(z) = max(z, 0): piecewise linear with slope 0, so not invertible where the output is 0. A "dead"
+    unit (output 0) only says z <= 0: it carries no weight equation, and sigma'(z) = 0 removes it from the gradient
+    below. `dead` decides which outputs are 0 from a reconstruction that carries rounding (the recursion drops their
+    weight rows); `inverse` is z for the live ones and a placeholder 0 for the dead ones."""
+
+    def dead(self, x: Tensor, tol: float) -> Tensor:
+        """Outputs within `tol` x max|x| of 0 (attack.relu_dead_tol): a reconstructed 0 is rounding-sized, never
+        exactly 0, while a live unit that small is as rare as `tol` itself."""
+        return x.abs() <= tol * x.abs().max()
+
+    def inverse(self, x: Tensor) -> Tensor:
+        return x.clamp_min(0)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        """1 above 0, 0 at and below it (autograd's convention at z = 0)."""
+        return (z > 0).to(z.dtype)
+
+
+Activation = PiecewiseLinear | Smooth | Rectifier

@@ -1,8 +1,9 @@
 """A conv layer's normal operator and block-Jacobi preconditioner applied to a block of vectors at once.
 
 The rank probe (`rgap_bench.linalg.krylov`) runs PCG on several columns at once; one batched convolution serves
-them all. Built only from the public pieces of `ConvSystem` and `BlockJacobi` (k, the row scales, the geometry,
-K and the block inverses), so it follows them; tests check it against `ConvSystem.normal` column by column.
+them all. Built only from the public pieces of `ConvSystem` and `BlockJacobi` (the gradient rows' error k_full, the
+weight rows' conv row_weight / row_geom, the row scales with any dead-unit mask, K and the block inverses), so it
+follows them (pooling and ReLU masks included); tests check it against `ConvSystem.normal` column by column.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def block_normal(system: ConvSystem) -> BlockOperator:
     """X (n, m) -> A^T A X, with n = C*H*W flattened as `system.shape`."""
     c, h, w = system.shape
     geom = system.geom
-    k = system.k[None]
+    k = system.k_full[None]  # the gradient rows' error (pooled layers: P^T k at full resolution)
+    rows_w, rows_g = system.row_weight, system.row_geom  # the weight rows' conv (pooled layers: the combined filter)
     weight_scale = system.weight_scale if system.z is not None else None
     grad_scale = system.grad_scale.reshape(-1, 1, *geom.kernel)  # (F, 1, kh, kw): the same for every channel
 
@@ -39,9 +41,9 @@ def block_normal(system: ConvSystem) -> BlockOperator:
             channels, rows * grad_scale**2, k, stride=geom.stride, padding=geom.padding
         ).reshape(m, c, h, w)
         if weight_scale is not None:
-            y = F.conv2d(batch, system.weight, stride=geom.stride, padding=geom.padding) * weight_scale**2
+            y = F.conv2d(batch, rows_w, stride=rows_g.stride, padding=rows_g.padding) * weight_scale**2
             out = out + torch.nn.grad.conv2d_input(
-                (m, c, h, w), system.weight, y, stride=geom.stride, padding=geom.padding
+                (m, c, h, w), rows_w, y, stride=rows_g.stride, padding=rows_g.padding
             )
         return out.reshape(m, -1).T
 

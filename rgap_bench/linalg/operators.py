@@ -8,6 +8,9 @@ both are applied with conv2d / conv2d_weight and their adjoints with conv2d_inpu
 The gradient rows of a conv separate per input channel and share one small matrix K (C_out*kh*kw x H*W), so
 I_C (x) K^T K is block diagonal with identical blocks; together with the exact diagonal of the weight part it makes
 a block-Jacobi preconditioner whose blocks are solved exactly (directly, or through Woodbury when K is wide).
+
+A conv followed by average pooling (`pool` > 1) keeps both kinds of rows: the gradient rows use the full-resolution
+error P^T k, the weight rows are the equivalent strided conv (`rgap_bench.linalg.pooling`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConvGeometry, conv_patch_index
-from rgap_bench.linalg.regularize import Choice, choose_spectral, rule_for
+from rgap_bench.linalg.pooling import pooled_filters, pooled_geometry, upsample_error
 
 
 def _inverse_norm(norm2: Tensor) -> Tensor:
@@ -28,7 +31,8 @@ def _inverse_norm(norm2: Tensor) -> Tensor:
 
 @dataclass
 class ConvSystem:
-    """Scaled least-squares system [D_g G; D_w W] x = [D_g vec(dL/dW); D_w z] of one bias-free conv layer."""
+    """Scaled least-squares system [D_g G; D_w W] x = [D_g vec(dL/dW); D_w z] of one bias-free conv layer
+    (`pool` > 1: k and z are the pooled error and pre-activation, (F, Ho/p, Wo/p))."""
 
     weight: Tensor  # (F, C, kh, kw)
     k: Tensor  # (F, Ho, Wo): dL/dz of this layer
@@ -36,21 +40,31 @@ class ConvSystem:
     z: Tensor | None  # (F, Ho, Wo): pre-activation recovered from the layer above
     geom: ConvGeometry
     scale_rows: bool = True
+    pool: int = 1  # average pooling (kernel = stride) between the conv and the activation
+    # (F, Ho, Wo) bool, on the pooled outputs when pooled: outputs whose weight rows are kept (ReLU: dead ones have
+    # none; the activation follows the pooling, so a dead unit is a pooled output)
+    alive: Tensor | None = None
     grad_scale: Tensor = field(init=False)
     weight_scale: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
+        self.k_full = upsample_error(self.k, self.geom.out_hw, self.pool)  # the gradient rows' error, P^T k
+        self.row_weight = pooled_filters(self.weight, self.geom.stride, self.pool)  # the weight rows' conv
+        self.row_geom = pooled_geometry(self.geom, self.pool)
         c, h, w = self.geom.in_shape
         ones = torch.ones((1, 1, h, w), dtype=self.weight.dtype, device=self.weight.device)
         if self.scale_rows:
             kk = (self.weight.shape[0], 1, *self.geom.kernel)
-            g2 = self._weight_grad(ones, (self.k**2)[None], kk)  # (F, 1, kh, kw): independent of the channel
+            g2 = self._weight_grad(ones, (self.k_full**2)[None], kk)  # (F, 1, kh, kw): independent of the channel
             self.grad_scale = _inverse_norm(g2)
-            w2 = F.conv2d(ones.expand(1, c, h, w), self.weight**2, stride=self.geom.stride, padding=self.geom.padding)
+            rg = self.row_geom
+            w2 = F.conv2d(ones.expand(1, c, h, w), self.row_weight**2, stride=rg.stride, padding=rg.padding)
             self.weight_scale = _inverse_norm(w2[0])
         else:
             self.grad_scale = torch.ones_like(self.weight[:, :1])
             self.weight_scale = torch.ones_like(self.k)
+        if self.alive is not None:  # a dropped row is a zero row: every product below honours it
+            self.weight_scale = self.weight_scale * self.alive.to(self.weight_scale.dtype)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -59,21 +73,23 @@ class ConvSystem:
     def _weight_grad(self, x: Tensor, k: Tensor, size: tuple[int, ...]) -> Tensor:
         return torch.nn.grad.conv2d_weight(x, size, k, stride=self.geom.stride, padding=self.geom.padding)
 
-    def _input_grad(self, weight: Tensor, out: Tensor) -> Tensor:
-        size = (1, *self.geom.in_shape)
-        return torch.nn.grad.conv2d_input(size, weight, out, stride=self.geom.stride, padding=self.geom.padding)[0]
+    def _input_grad(self, weight: Tensor, out: Tensor, geom: ConvGeometry | None = None) -> Tensor:
+        geom = geom or self.geom
+        size = (1, *geom.in_shape)
+        return torch.nn.grad.conv2d_input(size, weight, out, stride=geom.stride, padding=geom.padding)[0]
 
     def grad_rows(self, x: Tensor) -> Tensor:
-        return self._weight_grad(x[None], self.k[None], self.weight.shape) * self.grad_scale
+        return self._weight_grad(x[None], self.k_full[None], self.weight.shape) * self.grad_scale
 
     def grad_rows_adjoint(self, v: Tensor) -> Tensor:
-        return self._input_grad(v * self.grad_scale, self.k[None])
+        return self._input_grad(v * self.grad_scale, self.k_full[None])
 
     def weight_rows(self, x: Tensor) -> Tensor:
-        return F.conv2d(x[None], self.weight, stride=self.geom.stride, padding=self.geom.padding)[0] * self.weight_scale
+        rg = self.row_geom
+        return F.conv2d(x[None], self.row_weight, stride=rg.stride, padding=rg.padding)[0] * self.weight_scale
 
     def weight_rows_adjoint(self, y: Tensor) -> Tensor:
-        return self._input_grad(self.weight, (y * self.weight_scale)[None])
+        return self._input_grad(self.row_weight, (y * self.weight_scale)[None], self.row_geom)
 
     def normal(self, x: Tensor) -> Tensor:
         out = self.grad_rows_adjoint(self.grad_rows(x))
@@ -102,7 +118,7 @@ class ConvSystem:
         idx = conv_patch_index(geom1).to(self.k.device)  # (kh*kw, L)
         taps, positions = idx.shape
         filters = self.weight.shape[0]
-        values = self.k.reshape(filters, 1, positions) * self.grad_scale.reshape(filters, taps, 1)
+        values = self.k_full.reshape(filters, 1, positions) * self.grad_scale.reshape(filters, taps, 1)
         rows = torch.arange(filters * taps, device=idx.device).reshape(filters, taps, 1).expand(-1, -1, positions)
         cols = idx[None].expand(filters, -1, -1)
         valid = cols >= 0
@@ -117,7 +133,8 @@ class ConvSystem:
 
         A weight row's scale is the norm of its filter over the taps that fall inside the image, so output
         positions with the same padding pattern share one block: only a few distinct blocks are multiplied out
-        (9 for a 3x3 kernel with padding 1) instead of one per position."""
+        (9 for a 3x3 kernel with padding 1) instead of one per position. With `alive` the filters kept at a
+        position are part of its pattern (up to one block per position)."""
         c, h, w = self.geom.in_shape
         n = c * h * w
         kmat = self.channel_matrix()
@@ -125,16 +142,18 @@ class ConvSystem:
         if self.z is None:
             return gram
         filters = self.weight.shape[0]
-        rows = conv_patch_index(self.geom).to(self.k.device).T  # (L, P): P = C*kh*kw unknowns per position
+        rows = conv_patch_index(self.row_geom).to(self.k.device).T  # (L, P): P = C*kh*kw unknowns per position
         valid = rows >= 0
-        wflat = self.weight.reshape(filters, -1)  # (F, P)
+        wflat = self.row_weight.reshape(filters, -1)  # (F, P)
         s2 = (self.weight_scale**2).reshape(filters, -1)  # (F, L)
-        patterns, which = torch.unique(valid, dim=0, return_inverse=True)
+        taps_per_position = valid.shape[1]
+        key = valid if self.alive is None else torch.cat([valid, self.alive.reshape(filters, -1).T], dim=1)
+        patterns, which = torch.unique(key, dim=0, return_inverse=True)
         flat_gram = gram.view(-1)
-        for u, pattern in enumerate(patterns):
+        for u, pattern in enumerate(patterns[:, :taps_per_position]):
             positions = torch.nonzero(which == u)[:, 0]
             taps = wflat[:, pattern]  # (F, P_valid)
-            block = (taps.T * s2[:, positions[0]]) @ taps  # the scale is shared by the pattern's positions
+            block = (taps.T * s2[:, positions[0]]) @ taps  # the scale (and mask) is shared by the pattern's positions
             idx = rows[positions][:, pattern]  # (L_u, P_valid)
             flat = (idx[:, :, None] * n + idx[:, None, :]).reshape(-1)
             flat_gram.index_add_(0, flat, block.expand(len(positions), -1, -1).reshape(-1))
@@ -161,7 +180,7 @@ class ConvSystem:
         """Exact diagonal of W^T D_w^2 W, per interior input entry (C, H, W)."""
         if self.z is None:
             return torch.zeros(self.geom.in_shape, dtype=self.k.dtype, device=self.k.device)
-        return self._input_grad(self.weight**2, (self.weight_scale**2)[None])
+        return self._input_grad(self.row_weight**2, (self.weight_scale**2)[None], self.row_geom)
 
 
 class BlockJacobi:
@@ -193,138 +212,3 @@ class BlockJacobi:
         dr = self.inv * r.reshape(c, h * w)  # (C, n)
         t = torch.bmm(self.inverse, (dr @ self.kmat.T)[..., None])[..., 0]  # (C, m)
         return (dr - self.inv * (t @ self.kmat)).reshape(c, h, w)
-
-
-@dataclass
-class PCGResult:
-    x: Tensor
-    iterations: int
-    normal_residual_rel: float
-
-
-def pcg(
-    normal, rhs: Tensor, precondition, *, tol: float, max_iter: int, x0: Tensor | None = None, check_every: int = 10
-) -> PCGResult:
-    """Preconditioned conjugate gradients on N x = rhs, keeping scalars on the device between checks."""
-    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
-    r = rhs - normal(x) if x0 is not None else rhs.clone()
-    z = precondition(r)
-    p = z.clone()
-    rz = (r * z).sum()
-    ref = rhs.norm().clamp_min(1e-300)
-    it = 0
-    rel = float(r.norm() / ref)
-    while it < max_iter and rel > tol:
-        q = normal(p)
-        alpha = rz / (p * q).sum()
-        x = x + alpha * p
-        r = r - alpha * q
-        z = precondition(r)
-        rz_new = (r * z).sum()
-        p = z + (rz_new / rz) * p
-        rz = rz_new
-        it += 1
-        if it % check_every == 0 or it == max_iter:
-            rel = float(r.norm() / ref)
-    return PCGResult(x, it, float(r.norm() / ref))
-
-
-@dataclass
-class LinearSystem:
-    """Scaled system [D_g (k (x) I); D_w W] x = [D_g vec(dL/dW); D_w z] of one bias-free linear layer.
-
-    Its normal matrix is a*I + W~^T W~ (a = number of active gradient rows when rows are scaled): solved directly
-    (Woodbury on the out x out side when the layer narrows), or by CG when both sides are large.
-    """
-
-    weight: Tensor  # (out, n)
-    k: Tensor  # (out,)
-    grad: Tensor  # (out, n)
-    z: Tensor | None  # (out,)
-    scale_rows: bool = True
-    tol: float = 1e-12
-    direct_max: int = 512  # above this (on both sides) CG replaces the direct solve
-    regularize: str = "none"  # a rule of `regularize.RULES`: Tikhonov with lam from the data (docs/noise.md)
-    noise_sigma: float | None = None  # std of the gradient's noise, when public (the discrepancy principle)
-    choice: Choice | None = field(default=None, init=False)  # the regularisation chosen by the last solve
-
-    def solve(self) -> tuple[Tensor, float]:
-        k = self.k.reshape(-1)
-        active = k != 0
-        if self.scale_rows:
-            alpha = active.sum().to(k.dtype)
-            rhs = (self.grad[active] / k[active, None]).sum(0)
-        else:
-            alpha = (k**2).sum()
-            rhs = k @ self.grad
-        n = self.weight.shape[1]
-        if self.z is None:
-            x = rhs / alpha
-            return x, self.residual_rel(x, None, None)
-        wscale = _inverse_norm((self.weight**2).sum(1)) if self.scale_rows else torch.ones_like(self.z)
-        wt = self.weight * wscale[:, None]
-        rhs = rhs + wt.T @ (self.z * wscale)
-        out = wt.shape[0]
-        rule = rule_for(self.regularize, self.noise_sigma)
-        if rule != "none":
-            x = self._tikhonov(rule, alpha, rhs, wt, wscale)
-            return x, self.residual_rel(x, wt, wscale)
-        if min(out, n) > self.direct_max:
-            # alpha*I dominates a row-normalised W^T W, so plain CG converges in a few matrix-vector products.
-            result = pcg(lambda v: alpha * v + wt.T @ (wt @ v), rhs, lambda v: v / alpha, tol=self.tol, max_iter=500)
-            x = result.x
-        elif out < n:
-            cap = alpha * torch.eye(out, dtype=wt.dtype, device=wt.device) + wt @ wt.T
-            x = (rhs - wt.T @ torch.linalg.solve(cap, wt @ rhs)) / alpha
-        else:
-            gram = alpha * torch.eye(n, dtype=wt.dtype, device=wt.device) + wt.T @ wt
-            x = torch.cholesky_solve(rhs[:, None], torch.linalg.cholesky(gram))[:, 0]
-        return x, self.residual_rel(x, wt, wscale)
-
-    def _tikhonov(self, rule: str, alpha: Tensor, rhs: Tensor, wt: Tensor, wscale: Tensor) -> Tensor:
-        """The regularised solve from one eigendecomposition of the normal matrix alpha I + W~^T W~ (on its smaller
-        side: the eigenvalues of W~ W~^T shifted by alpha, plus alpha on the rest)."""
-        k = self.k.reshape(-1)
-        active = k != 0
-        if self.scale_rows:
-            gb = (self.grad[active] / k[active, None]).pow(2).sum()
-            noise_per_row = 1.0 / k[active] ** 2
-        else:
-            gb = self.grad[active].pow(2).sum()
-            noise_per_row = torch.ones_like(k[active])
-        bb = float(gb + (self.z * wscale).pow(2).sum())
-        n = wt.shape[1]
-        rows = int(active.sum()) * n + wt.shape[0]
-        noise2 = None
-        if self.noise_sigma is not None:  # E||noise||^2 of the scaled gradient rows, less the n dof the fit absorbs
-            noise2 = self.noise_sigma**2 * n * float(noise_per_row.sum()) * (rows - n) / rows
-        gram = wt.T @ wt if n <= wt.shape[0] else None
-        if gram is not None:
-            e, v = torch.linalg.eigh(gram)
-        else:  # W~^T W~ = V S^2 V^T with V = W~^T U / S; the complement of V has eigenvalue 0
-            s2, u = torch.linalg.eigh(wt @ wt.T)
-            keep = s2 > s2.max() * 1e-14
-            v = wt.T @ u[:, keep] / s2[keep].sqrt()
-            e = s2[keep]
-        c = v.T @ rhs
-        rest = rhs - v @ c  # along eigenvalue alpha of the normal matrix (outside W~'s row space)
-        e_all = torch.cat([e + alpha, alpha.reshape(1)])
-        c_all = torch.cat([c, rest.norm().reshape(1)])
-        mult = torch.ones_like(e_all)
-        mult[-1] = n - e.numel()
-        self.choice = choose_spectral(e_all, c_all, bb, rows, rule, noise2, mult)
-        lam = self.choice.lam
-        return v @ (c / (e + alpha + lam)) + rest / (alpha + lam)
-
-    def residual_rel(self, x: Tensor, wt: Tensor | None, wscale: Tensor | None) -> float:
-        """Relative residual of the scaled system; `wt`, `wscale`: the scaled weight rows (None without z)."""
-        k = self.k.reshape(-1)
-        active = k != 0
-        scale = 1.0 / k[active].abs() if self.scale_rows else torch.ones_like(k[active])
-        grad_res = (torch.outer(k[active], x) - self.grad[active]) * scale[:, None]
-        grad_ref = self.grad[active] * scale[:, None]
-        res, ref = float((grad_res**2).sum()), float((grad_ref**2).sum())
-        if self.z is not None:
-            res += float(((wt @ x - self.z * wscale) ** 2).sum())
-            ref += float(((self.z * wscale) ** 2).sum())
-        return (res / ref) ** 0.5 if ref > 0 else res**0.5

@@ -13,9 +13,11 @@ LAYER_COLUMNS = (
     ("unknowns", "unknowns"),
     ("gradient_constraints", "grad eq"),
     ("weight_constraints", "weight eq"),
+    ("dead_rows_dropped", "dead"),  # ReLU: weight rows of dead outputs dropped ("-": not a ReLU layer)
     ("padding_constraints", "pad eq"),
     ("rank", "rank"),
     ("rank_deficiency", "rank def"),
+    ("determined", "determined"),  # "-": rank not measured
     ("sigma_min_rel", "σmin/σmax"),
     ("residual_rel", "residual"),
     ("solver", "solver"),

@@ -1,7 +1,10 @@
-"""Building blocks: one weight op (conv or linear) followed by one activation.
+"""Building blocks: one weight op (conv or linear), an optional average pooling, then one activation.
 
 Keeping every model a flat list of such blocks is what lets R-GAP and the rank analysis walk a network
-layer by layer without special cases per architecture.
+layer by layer without special cases per architecture. Pooling sits between the op and the activation
+(`act(avgpool(op(x)))`, LeNet-5's subsampling layers): then every block is still a linear map followed by an
+elementwise activation, so its weight rows stay linear in the input. Pooling after a non-linear activation would
+average activated values, which no linear equation in x describes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class LayerSpec:
     activation: str = "leaky_relu"
     negative_slope: float = 0.2
     bias: bool = False
+    pool: int = 1  # conv only: average pooling, kernel = stride = pool, on the op's output before the activation
 
 
 def make_activation(name: str, negative_slope: float = 0.2) -> nn.Module:
@@ -44,18 +48,28 @@ def make_activation(name: str, negative_slope: float = 0.2) -> nn.Module:
     raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
 
 
-class Block(nn.Module):
-    """`act(op(x))`; a linear op flattens a spatial input first."""
+def make_pool(pool: int | nn.Module) -> nn.Module:
+    """The pooling slot of a block: nothing (`pool=1`), average pooling with kernel = stride = `pool`, or a module
+    given as is (which `rgap_bench.models.checks` may refuse, e.g. max pooling)."""
+    if isinstance(pool, nn.Module):
+        return pool
+    return nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
 
-    def __init__(self, op: nn.Conv2d | nn.Linear, act: nn.Module) -> None:
+
+class Block(nn.Module):
+    """`act(pool(op(x)))`; a linear op flattens a spatial input first. The pooling holds no parameters, so the
+    update's tensor names (`blocks.<i>.op.weight`) are the same with or without it."""
+
+    def __init__(self, op: nn.Conv2d | nn.Linear, act: nn.Module, pool: int | nn.Module = 1) -> None:
         super().__init__()
         self.op = op
+        self.pool = make_pool(pool)
         self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(self.op, nn.Linear) and x.dim() > 2:
             x = x.flatten(1)
-        return self.act(self.op(x))
+        return self.act(self.pool(self.op(x)))
 
 
 class SequentialNet(nn.Module):
@@ -80,7 +94,7 @@ class SequentialNet(nn.Module):
                 if isinstance(op, nn.Linear):
                     x = torch.nn.functional.linear(x.flatten(1), weight)
                 else:
-                    x = torch.nn.functional.conv2d(x, weight, stride=op.stride, padding=op.padding)
+                    x = block.pool(torch.nn.functional.conv2d(x, weight, stride=op.stride, padding=op.padding))
         return shapes
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,6 +114,11 @@ def check_spec(i: int, name: str, spec: LayerSpec) -> None:
         raise ConfigError(
             f"{where}: a conv needs kernel >= 1, stride >= 1 and padding >= 0, got kernel {spec.kernel}, "
             f"stride {spec.stride}, padding {spec.padding}"
+        )
+    if spec.pool < 1 or (spec.pool > 1 and spec.kind != "conv"):
+        raise ConfigError(
+            f"{where}: pool must be >= 1 and is for conv layers only (average pooling of the conv's output), got "
+            f"pool {spec.pool} on a {spec.kind} layer"
         )
     if spec.activation not in ACTIVATIONS:
         raise ConfigError(f"{where}: unknown activation {spec.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
@@ -128,6 +147,13 @@ def build_from_specs(name: str, input_shape: tuple[int, int, int], specs: list[L
                     f"leave no output pixels for its {seen} input; use a larger "
                     "data.image_size or a smaller kernel/stride"
                 )
+            if spec.pool > 1:
+                if height < spec.pool or width < spec.pool:
+                    raise ConfigError(
+                        f"layer {i} of {name!r}: pool {spec.pool} is larger than the conv's {height}x{width} output; "
+                        "use a smaller pool or a larger data.image_size"
+                    )
+                height, width = height // spec.pool, width // spec.pool
             op: nn.Conv2d | nn.Linear = nn.Conv2d(
                 channels, spec.out, spec.kernel, spec.stride, spec.padding, bias=spec.bias
             )
@@ -136,5 +162,5 @@ def build_from_specs(name: str, input_shape: tuple[int, int, int], specs: list[L
             in_features = features if features is not None else channels * height * width
             op = nn.Linear(in_features, spec.out, bias=spec.bias)
             features = spec.out
-        blocks.append(Block(op, make_activation(spec.activation, spec.negative_slope)))
+        blocks.append(Block(op, make_activation(spec.activation, spec.negative_slope), spec.pool))
     return SequentialNet(name, input_shape, blocks)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rgap_bench.linalg.constraints import ConvGeometry
-from rgap_bench.models.checks import unsupported_reason
+from rgap_bench.models.checks import pool_size, unsupported_reason
 from rgap_bench.models.layers import SequentialNet
 from rgap_bench.rank.counts import LayerCounts, conv_counts, linear_counts
 from rgap_bench.rank.numeric import RankResult, conv_rank, linear_rank
@@ -45,6 +45,7 @@ class LayerRank:
     padding_constraints: int
     gradient_constraints: int
     weight_constraints: int
+    bias_equations: int  # one per output unit / channel of a layer with a bias: they fix dL/dz, not the input
     naive_deficiency: int
     dependencies: int
     bound: int
@@ -57,6 +58,9 @@ class LayerRank:
     method: str
     time_s: float
     note: str = ""
+    # False below a ReLU: the weight rows counted assume every unit alive, an upper bound; each input's dead units
+    # remove theirs, and how many depends on the input, which the analysis does not see
+    weight_rows_exact: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -87,12 +91,18 @@ class RankReport:
         return out
 
 
-def describe(op: nn.Module) -> str:
+def describe(op: nn.Module, pool: int = 1) -> str:
     if isinstance(op, nn.Linear):
         return f"linear {op.in_features}>{op.out_features}"
     if isinstance(op, nn.Conv2d):
-        return f"conv {op.in_channels}>{op.out_channels} k{op.kernel_size[0]} s{op.stride[0]} p{op.padding[0]}"
+        pooled = f" avgpool{pool}" if pool > 1 else ""
+        return f"conv {op.in_channels}>{op.out_channels} k{op.kernel_size[0]} s{op.stride[0]} p{op.padding[0]}{pooled}"
     return op.__class__.__name__
+
+
+def _pool(block: nn.Module, i: int) -> int:
+    """A block's average-pooling factor (1: none); R-GAP's check refuses any other pooling with its reason."""
+    return pool_size(getattr(block, "pool", nn.Identity()), block.op, f"layer {i} ({block.op.__class__.__name__})")
 
 
 def probe_errors(model: SequentialNet, probe: str, seed: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -110,7 +120,7 @@ def probe_errors(model: SequentialNet, probe: str, seed: int) -> tuple[list[Tens
     for block in net.blocks:
         if isinstance(block.op, nn.Linear) and h.dim() > 2:
             h = h.flatten(1)
-        z = block.op(h)
+        z = block.pool(block.op(h)) if hasattr(block, "pool") else block.op(h)  # pooled: the pooled pre-activation
         z.retain_grad()
         zs.append(z)
         h = block.act(z)
@@ -128,27 +138,46 @@ def probe_errors(model: SequentialNet, probe: str, seed: int) -> tuple[list[Tens
     return [z[0].detach() for z in zs], ks
 
 
+def _is_relu(act: nn.Module) -> bool:
+    return isinstance(act, nn.ReLU) or (isinstance(act, nn.LeakyReLU) and act.negative_slope == 0)
+
+
 def _known_outputs(act: nn.Module, z: Tensor) -> np.ndarray | None:
     """Output units whose z a server can read back from the layer above; ReLU hides the negative ones."""
-    if isinstance(act, nn.ReLU):
+    if _is_relu(act):
         return (z.reshape(-1) > 0).numpy()
     return None
 
 
-def _counts(op: nn.Module, in_shape: tuple[int, ...]) -> LayerCounts:
+def _relu_note(z: Tensor | None, weight_rows: int, numeric: bool) -> str:
+    """What the counts of a ReLU layer mean: an upper bound on the weight rows; the probe's dead units, if any."""
+    note = (
+        f"ReLU: the {weight_rows} weight rows counted are an upper bound; each input's dead units remove theirs "
+        "(how many depends on the input)"
+    )
+    if numeric and z is not None:
+        dead = int((z.reshape(-1) <= 0).sum())
+        note += f"; the measured rank drops the probe input's {dead} dead units, another input differs"
+    return note
+
+
+def _counts(op: nn.Module, in_shape: tuple[int, ...], pool: int) -> LayerCounts:
+    bias = op.bias is not None
     if isinstance(op, nn.Linear):
-        return linear_counts(op.in_features, op.out_features)
-    return conv_counts(tuple(in_shape), op.out_channels, tuple(op.kernel_size), tuple(op.stride), tuple(op.padding))
+        return linear_counts(op.in_features, op.out_features, bias=bias)
+    return conv_counts(tuple(in_shape), op.out_channels, tuple(op.kernel_size), tuple(op.stride), tuple(op.padding),
+                       pool=pool, bias=bias)  # fmt: skip
 
 
 def _numeric(op: nn.Module, act: nn.Module, in_shape: tuple[int, ...], z: Tensor, k: Tensor,
-             dense_max: int, rcond: float) -> RankResult:  # fmt: skip
+             dense_max: int, rcond: float, pool: int) -> RankResult:  # fmt: skip
     weight = op.weight.detach().double()
     rows = _known_outputs(act, z)
     if isinstance(op, nn.Linear):
         return linear_rank(weight, k, rows, rcond=rcond)
     geom = ConvGeometry(tuple(in_shape), tuple(op.kernel_size), tuple(op.stride), tuple(op.padding))
-    return conv_rank(weight, k.reshape(weight.shape[0], -1), geom, rows, dense_max=dense_max, rcond=rcond)
+    k = k.reshape(weight.shape[0], -1)
+    return conv_rank(weight, k, geom, rows, dense_max=dense_max, rcond=rcond, pool=pool)
 
 
 def analyse_model(
@@ -174,14 +203,15 @@ def analyse_model(
         op = block.op
         if not isinstance(op, nn.Linear | nn.Conv2d):
             raise ValueError(f"layer {i}: rank analysis covers nn.Conv2d and nn.Linear, got {op.__class__.__name__}")
-        c = _counts(op, shapes[i])
+        pool = _pool(block, i)
+        c = _counts(op, shapes[i], pool)
         counts.append(c)
         result = RankResult(None, None, "")
         if measured and i in measured and measured[i].get("rank") is not None:
             m = measured[i]
             result = RankResult(int(m["rank"]), m.get("sigma_min_rel"), f"attack ({m.get('method', 'measured')})")
         elif numeric:
-            result = _numeric(op, block.act, shapes[i], zs[i], ks[i], dense_max, rcond)
+            result = _numeric(op, block.act, shapes[i], zs[i], ks[i], dense_max, rcond, pool)
         if result.rank is None:  # too large for an exact rank: the bound is the estimate
             result.rank = c.bound
             result.method = "estimate (bound)" if numeric else "count (bound)"
@@ -189,15 +219,19 @@ def analyse_model(
         if result.rank != c.bound:
             rel = "below" if result.rank < c.bound else "above"
             note = f"measured rank {rel} the bound by {abs(c.bound - result.rank)}"
+        relu = _is_relu(block.act)
+        if relu:
+            note = "; ".join(filter(None, (note, _relu_note(zs[i], c.weight_constraints, numeric))))
         rows.append(
             LayerRank(
-                index=i, layer=describe(op), in_shape=list(shapes[i]), unknowns=c.unknowns,
+                index=i, layer=describe(op, pool), in_shape=list(shapes[i]), unknowns=c.unknowns,
                 unknowns_padded=c.unknowns_padded, padding_constraints=c.padding_constraints,
                 gradient_constraints=c.gradient_constraints, weight_constraints=c.weight_constraints,
+                bias_equations=c.bias_equations,
                 naive_deficiency=c.naive_deficiency, dependencies=c.dependencies, bound=c.bound,
                 predicted_deficiency=c.predicted_deficiency, bound_sharp=c.sharp, rank=result.rank,
                 deficiency=c.unknowns - result.rank, sigma_min_rel=result.sigma_min_rel, carried_deficiency=0,
-                method=result.method, time_s=result.time_s, note=note,
+                method=result.method, time_s=result.time_s, note=note, weight_rows_exact=not relu,
             )
         )  # fmt: skip
     _carry_down(rows, counts)
@@ -224,8 +258,13 @@ def _carry_down(rows: list[LayerRank], counts: list[LayerCounts]) -> None:
 
 
 def verdict(rows: list[LayerRank], ra_index: float, reason: str | None) -> str:
+    relu = [row.index for row in rows if not row.weight_rows_exact]
     if ra_index == 0:
         text = "every layer is determined: the gradient is predicted to reveal the input exactly"
+        if relu:
+            text = (
+                "every layer is determined as analysed (ReLU: see below): the gradient is predicted to reveal the input"
+            )
     else:
         worst = max(rows, key=lambda r: r.carried_deficiency / r.unknowns)
         text = (
@@ -234,6 +273,12 @@ def verdict(rows: list[LayerRank], ra_index: float, reason: str | None) -> str:
         )
         if rows[0].carried_deficiency == 0:
             text += "; jointly (all layers' equations on the input) the input is still determined"
+    if relu:
+        text += (
+            f". Layers {relu} have ReLU: their weight rows are counted as if every unit were alive, an upper bound; "
+            "each input's dead units drop theirs, so the ranks can be lower on data (R-GAP's layers.json reports "
+            "the rows dropped and the rank reached per input)"
+        )
     if reason:
         text += f". R-GAP cannot attack this model as is: {reason}"
     return text

@@ -34,8 +34,10 @@ class AxisCounts:
     read: int  # interior pixels read at all
 
 
-def axis_counts(size: int, kernel: int, stride: int, pad: int) -> AxisCounts:
+def axis_counts(size: int, kernel: int, stride: int, pad: int, pool: int = 1) -> AxisCounts:
+    """`pool` > 1: only the output positions average pooling keeps (the first p * floor(out / p)) carry error."""
     out = (size + 2 * pad - kernel) // stride + 1
+    out = out // pool * pool
     pos = stride * np.arange(out)[:, None] + np.arange(kernel)[None, :] - pad  # (out, kernel) interior coordinate
     inside = (pos >= 0) & (pos < size)
     taps: dict[int, int] = {}
@@ -58,7 +60,7 @@ class LayerCounts:
     unknowns_padded: int
     padding_constraints: int
     gradient_constraints: int  # rows dL/dW: one per weight
-    weight_constraints: int  # rows W x = z: one per output unit
+    weight_constraints: int  # rows W x = z: one per output unit (pooled: one per pooled unit)
     naive_deficiency: int  # the paper's count: unknowns - gradient rows - weight rows (negative: surplus)
     gradient_rank_bound: int  # C_in * per-channel phase count (linear: unknowns)
     weight_rank_bound: int  # weight rows that can be independent (receptive-field limit)
@@ -66,6 +68,9 @@ class LayerCounts:
     read_unknowns: int  # unknowns read by at least one row
     bound: int  # predicted rank
     sharp: bool  # whether the bound is expected to equal the generic rank
+    # one per output unit (linear) or channel (conv) of a layer with a bias: they fix the error dL/dz, not x, so
+    # they are counted apart and never enter the bound
+    bias_equations: int = 0
 
     @property
     def predicted_deficiency(self) -> int:
@@ -94,19 +99,31 @@ def conv_counts(
     kernel: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
+    *,
+    pool: int = 1,
+    bias: bool = False,
 ) -> LayerCounts:
+    """A conv's counts; with average pooling `pool` the gradient rows are the conv's (error on the kept positions)
+    and the weight rows those of the equivalent conv with kernel k + s (p - 1) and stride s p (one per pooled
+    unit). The dependency count (3. above) is derived for an unpooled conv only: a pooled conv's bound leaves it
+    out, which keeps it an upper bound but not a sharp one (the piecewise-constant error P^T k adds dependencies
+    among the gradient rows too); its numerical rank is the answer."""
     c, h, w = in_shape
-    ah = axis_counts(h, kernel[0], stride[0], padding[0])
-    aw = axis_counts(w, kernel[1], stride[1], padding[1])
-    positions = ah.out * aw.out
+    ah = axis_counts(h, kernel[0], stride[0], padding[0], pool)
+    aw = axis_counts(w, kernel[1], stride[1], padding[1], pool)
+    wh, ww = ah, aw
+    if pool > 1:  # the weight rows' geometry: the pooled conv
+        wh = axis_counts(h, kernel[0] + stride[0] * (pool - 1), stride[0] * pool, padding[0])
+        ww = axis_counts(w, kernel[1] + stride[1] * (pool - 1), stride[1] * pool, padding[1])
+    positions = wh.out * ww.out
     gamma = sum(
         min(out_channels * th * tw, ah.pixels[rh] * aw.pixels[rw])
         for rh, th in ah.taps.items()
         for rw, tw in aw.taps.items()
     )
-    field = np.outer(ah.field, aw.field)
+    field = np.outer(wh.field, ww.field)
     weight_rank = int(np.minimum(out_channels, c * field).sum())
-    deps = min(out_channels, c * kernel[0] * kernel[1]) * min(out_channels, positions)
+    deps = min(out_channels, c * kernel[0] * kernel[1]) * min(out_channels, positions) if pool == 1 else 0
     read = c * ah.read * aw.read
     n = c * h * w
     padded = c * (h + 2 * padding[0]) * (w + 2 * padding[1])
@@ -114,19 +131,19 @@ def conv_counts(
     weight_rows = out_channels * positions
     gradient_rank = c * gamma
     bound = min(read, gradient_rank + weight_rank - deps)
-    no_gaps = kernel[0] >= stride[0] and kernel[1] >= stride[1]
+    no_gaps = kernel[0] >= stride[0] and kernel[1] >= stride[1] and pool == 1
     no_syzygy = max(ah.taps.values()) < ah.out and max(aw.taps.values()) < aw.out
     return LayerCounts(
         "conv", n, padded, padded - n, grad_rows, weight_rows, n - grad_rows - weight_rows,
-        gradient_rank, weight_rank, deps, read, bound, no_gaps and no_syzygy,
+        gradient_rank, weight_rank, deps, read, bound, no_gaps and no_syzygy, out_channels if bias else 0,
     )  # fmt: skip
 
 
-def linear_counts(in_features: int, out_features: int) -> LayerCounts:
+def linear_counts(in_features: int, out_features: int, *, bias: bool = False) -> LayerCounts:
     """dL/dW = k x^T: any row with k_j != 0 is a scaled copy of x, so the gradient alone has full rank."""
     n = in_features
     deps = min(out_features, n)
     return LayerCounts(
         "linear", n, n, 0, out_features * n, out_features, n - out_features * n - out_features,
-        n, min(out_features, n), deps, n, n, True,
+        n, min(out_features, n), deps, n, n, True, out_features if bias else 0,
     )  # fmt: skip

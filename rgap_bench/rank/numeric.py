@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConvGeometry, conv_constraints, conv_patch_index
+from rgap_bench.linalg.pooling import pooled_filters, pooled_geometry, upsample_error
 from rgap_bench.linalg.spectrum import eigen_rank, largest_eigenvalue, smallest_eigenvalue_rel
 
 
@@ -75,26 +76,39 @@ def _weight_rows(weight: Tensor, geom: ConvGeometry, keep: np.ndarray | None) ->
 
 
 def conv_rank(
-    weight: Tensor, k: Tensor, geom: ConvGeometry, weight_rows: np.ndarray | None, *, dense_max: int, rcond: float
+    weight: Tensor,
+    k: Tensor,
+    geom: ConvGeometry,
+    weight_rows: np.ndarray | None,
+    *,
+    dense_max: int,
+    rcond: float,
+    pool: int = 1,
 ) -> RankResult:
     """Rank of the row-scaled [gradient rows; weight rows] of a conv. `weight_rows` masks outputs whose z is known.
 
     The scaled gradient rows are blockdiag(G_c, ..., G_c), so the normal matrix is I (x) G_c^T G_c + W^T W and the
-    (large) gradient block is never built.
+    (large) gradient block is never built. `pool` > 1: `k` is the pooled error (F, pooled positions); the gradient
+    rows use P^T k, the weight rows the equivalent pooled conv (`rgap_bench.linalg.pooling`).
     """
     start = time.perf_counter()
+    row_weight, row_geom = weight, geom
+    if pool > 1:
+        row_geom = pooled_geometry(geom, pool)
+        k = upsample_error(k.reshape(weight.shape[0], *row_geom.out_hw), geom.out_hw, pool).reshape(weight.shape[0], -1)
+        row_weight = pooled_filters(weight, geom.stride, pool)
     channels = geom.in_shape[0]
     n = int(np.prod(geom.in_shape))
     gc = _channel_gradient(weight, k, geom)
     pixels = gc.shape[1]
     small = gc @ gc.T if gc.shape[0] <= gc.shape[1] else gc.T @ gc
-    g_rank, _ = _eig_rank(small, rcond)
+    g_rank, g_vals = _eig_rank(small, rcond)
     nullity = channels * (pixels - g_rank)
     if n > dense_max and g_rank == pixels:
         return RankResult(n, None, "exact (per-channel gradient rank)", time.perf_counter() - start)
     if n > dense_max and (nullity > dense_max or pixels > 3 * dense_max):
         return RankResult(None, None, "", time.perf_counter() - start)
-    wmat = _weight_rows(weight, geom, weight_rows)
+    wmat = _weight_rows(row_weight, row_geom, weight_rows)
     if n <= dense_max and (g_rank == pixels or nullity >= n // 2):
         normal = (wmat.T @ wmat).toarray()
         gram = gc.T @ gc
@@ -109,7 +123,12 @@ def conv_rank(
     # Reduce to the gradient null space: rank = C_in * rank(G_c) + rank(W N), N = blockdiag(null(G_c)).
     basis = np.linalg.svd(gc, full_matrices=True)[2][g_rank:].T  # (pixels, pixels - g_rank)
     reduced = np.hstack([wmat[:, c * pixels : (c + 1) * pixels] @ basis for c in range(channels)])
-    w_rank = _eig_rank(reduced.T @ reduced, rcond)[0] if reduced.size else 0
+    # The threshold is the whole system's (lambda_max of the gradient rows), not the reduced block's own: when the
+    # weight rows lie in the gradient rows' span (a pooled conv, whose rows all share the pooling's factor) the
+    # reduced block is rounding noise, and relative to its own largest eigenvalue that noise would count as rank.
+    w_vals = np.linalg.eigvalsh(reduced.T @ reduced) if reduced.size else np.zeros(0)
+    top = float(g_vals[-1]) if g_vals.size and g_vals[-1] > 0 else float(w_vals[-1]) if w_vals.size else 0.0
+    w_rank = int((w_vals > rcond * top).sum()) if top > 0 else 0
     rank = channels * g_rank + w_rank
     method = "exact (gradient null-space reduction)"
     return RankResult(rank, 0.0 if rank < n else None, method, time.perf_counter() - start)

@@ -22,6 +22,7 @@ COLUMNS = (
     ("unknowns_padded", "padded"),
     ("gradient_constraints", "grad eq"),
     ("weight_constraints", "weight eq"),
+    ("bias_equations", "bias eq"),
     ("padding_constraints", "pad eq"),
     ("dependencies", "dep"),
     ("bound", "bound"),
@@ -38,7 +39,10 @@ def print_rank_table(report: RankReport, *, console: Console | None = None) -> N
     for key, header in COLUMNS:
         table.add_column(header, justify="left" if key in ("layer", "method") else "right")
     for row in report.as_dict()["layers"]:
-        table.add_row(*(format_cell(row.get(key)) for key, _ in COLUMNS))
+        cells = {key: format_cell(row.get(key)) for key, _ in COLUMNS}
+        if not row.get("weight_rows_exact", True):  # ReLU: every unit alive, an upper bound (dead units drop rows)
+            cells["weight_constraints"] = f"≤{cells['weight_constraints']}"
+        table.add_row(*cells.values())
     if console is None:
         console = Console()
         console = console if console.is_terminal else Console(width=170)

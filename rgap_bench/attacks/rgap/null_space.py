@@ -23,7 +23,9 @@ from torch import Tensor
 from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.constraints import ConvGeometry
-from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, pcg
+from rgap_bench.linalg.operators import BlockJacobi, ConvSystem
+from rgap_bench.linalg.pcg import pcg
+from rgap_bench.linalg.pooling import pooled_geometry
 
 CONSISTENT_RESIDUAL = 1e-3  # a settled pattern whose solution leaves more than this is a wrong pattern
 
@@ -55,6 +57,7 @@ def solve_through_null_space(
     max_pcg_iter: int = 3000,
     scale_rows: bool = True,
     bias: Tensor | None = None,
+    pool: int = 1,
     **options,
 ) -> JointSolution:
     """Jointly solve a conv layer's input and the null-space coefficients of the deficient layer above it,
@@ -63,7 +66,8 @@ def solve_through_null_space(
     Only conv layers can sit below a deficient layer: a linear layer's gradient rows alone determine its input, so
     a linear layer is never deficient, and the layers below the first linear one are convolutions. `scale_rows`
     (attack.scale_rows) scales every row to unit norm, as in the layer-by-layer solves; `bias` (the conv's, if
-    any) moves to the right-hand side of the weight rows; `options` tune the
+    any) moves to the right-hand side of the weight rows; `pool`: the conv's average pooling (the unknown x_upper is
+    then the pooled layer's output, and the rows are `ConvSystem`'s pooled ones); `options` tune the
     pattern iteration (`_pattern_iteration`).
     """
     if geom is None:
@@ -71,7 +75,7 @@ def solve_through_null_space(
             "the joint null-space solve needs a conv layer below the rank-deficient one; use "
             "attack.carry_null_space=false for this architecture"
         )
-    joint = _ConvJoint(weight, grad, geom, act, back_k, x_min, null_basis, scale_rows, bias)
+    joint = _ConvJoint(weight, grad, geom, act, back_k, x_min, null_basis, scale_rows, bias, pool)
     return _pattern_iteration(joint, tol=tol, max_pcg_iter=max_pcg_iter, **options)
 
 
@@ -84,12 +88,13 @@ class _ConvJoint:
     layer's block-Jacobi preconditioner (the projection changes the operator by rank d).
     """
 
-    def __init__(self, weight, grad, geom, act, back_k, x_min, null, scale_rows, bias=None):
+    def __init__(self, weight, grad, geom, act, back_k, x_min, null, scale_rows, bias=None, pool=1):
         self.device = weight.device
         as64 = {"device": self.device, "dtype": torch.float64}
         self.weight, self.grad = weight.detach().to(**as64), grad.detach().to(**as64)
         self.geom, self.act, self.scale_rows = geom, act, scale_rows
-        self.out_shape = (weight.shape[0], *geom.out_hw)
+        self.pool = pool
+        self.out_shape = (weight.shape[0], *pooled_geometry(geom, pool).out_hw)
         self.back_k = back_k.detach().to(**as64).reshape(-1)
         self.x_min = x_min.detach().to(**as64).reshape(-1)
         self.null = torch.as_tensor(null).detach().to(**as64)
@@ -104,7 +109,7 @@ class _ConvJoint:
         z = (target / slope).reshape(self.out_shape)
         if self.bias is not None:  # W x + b = sigma^-1(x_upper)
             z = z - self.bias
-        return ConvSystem(self.weight, k, self.grad, z, self.geom, self.scale_rows), slope
+        return ConvSystem(self.weight, k, self.grad, z, self.geom, self.scale_rows, self.pool), slope
 
     def system(
         self, x_upper: Tensor, drop: Tensor | None = None, with_gradient: bool = True

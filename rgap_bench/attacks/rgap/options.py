@@ -36,6 +36,9 @@ class RGAPOptions:
     regularize: str = "none"
     # the gradient noise's std the attacker assumes; null: the one the update's metadata announces (if any)
     noise_sigma: float | None = None
+    # ReLU: a reconstructed output within this fraction of the layer's largest |output| is a dead unit (its weight
+    # row is dropped); exact solves leave 1e-10..1e-7 there in float64, up to ~1e-6 in float32, noise far more
+    relu_dead_tol: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float64", "float32"):

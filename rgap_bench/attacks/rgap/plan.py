@@ -35,7 +35,7 @@ class LayerPlan:
     want_rank: bool  # measure the rank (and the null space) while solving
     known_rank: int | None = None  # full rank established without a factorisation (gradient rows)
     certificate: float | None = None  # the gradient rows' lower bound on sigma_min^2 / sigma_max^2, when it proves it
-    null_hint: int = 0  # the counting bound's deficiency, which sizes the null-space search
+    null_hint: int = 0  # the counting bound's deficiency (+ dead ReLU rows), which sizes the null-space search
 
 
 def _null_expected(layer: RGAPLayer, options: RGAPOptions) -> bool:
@@ -108,4 +108,8 @@ def plan_layer(
         want_rank, strategy = False, "pcg"
     known = n if determined_by_gradient or certificate is not None else None
     hint = layer.predicted_deficiency() if want_rank else 0
+    if want_rank and system is not None and system.alive is not None:
+        # each dropped weight row (a dead ReLU output) can open one more direction: size the null-space search for
+        # it, or the block doubles round after round (LeNet's conv2: ~1500 directions)
+        hint = min(hint + int((~system.alive).sum()), layer.unknowns)
     return LayerPlan(strategy, want_rank, known, certificate, hint)

@@ -3,6 +3,9 @@
 For each block below the head: k_i = (W_{i+1}^T k_{i+1}) * sigma'(z_i), z_i = sigma^-1(x_{i+1}), and the layer
 input solves [gradient rows; weight rows] x_i = [dL/dW_i; z_i]. When a layer's system is rank-deficient its null
 space is carried down: the conv below solves its own input together with the free coefficients.
+
+Below a ReLU, a dead output (x_{i+1} = 0) only says z_i <= 0: its weight row is dropped and k_i is 0 there
+(`_live_outputs` decides which; the solvers honour the mask `LayerProblem.alive`).
 """
 
 from __future__ import annotations
@@ -14,22 +17,64 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rgap_bench.attacks.rgap.layers import RGAPLayer, back_propagate
+from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate, bias_equations
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.pattern import settle_pattern
 from rgap_bench.attacks.rgap.plan import plan_layer
 from rgap_bench.attacks.rgap.report import completed_below, layer_report
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
 from rgap_bench.attacks.rgap.start import HeadStart
-from rgap_bench.linalg.activations import PiecewiseLinear
+from rgap_bench.linalg.activations import PiecewiseLinear, Rectifier
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.types import LayerReport, Reconstruction
 
 
+def _live_outputs(layer: RGAPLayer, x: Tensor, back_k: Tensor, options: RGAPOptions) -> Tensor:
+    """The outputs of a ReLU layer that were not dead, from its reconstructed output x (attack.relu_dead_tol).
+
+    A linear layer with a bias also has dL/db = k exactly (one sample), and k is exactly 0 at a dead unit: when the
+    bias gradient has exact zeros (a clean update) they decide, a unit whose back-propagated error is itself 0
+    falling back on x. Without exact zeros (noise from a defence, or nothing dead) x alone decides."""
+    x = x.reshape(layer.out_shape)
+    dead = layer.act.dead(x, options.relu_dead_tol)
+    if layer.bias_grad is not None and not layer.is_conv:
+        zero = layer.bias_grad.reshape(layer.out_shape) == 0
+        if bool(zero.any()):
+            dead = zero & (dead | (back_k.reshape(layer.out_shape) != 0))
+    return ~dead
+
+
+def _error_and_rows(
+    layer: RGAPLayer, back_k: Tensor, x_next: Tensor, options: RGAPOptions
+) -> tuple[Tensor, Tensor, Tensor | None, BiasCheck | None]:
+    """A layer below the head: its pre-activation z, its error k = dL/dz, the outputs that keep their weight rows
+    (a ReLU layer; None otherwise) and its bias check.
+
+    The one place that decides k: back-propagated through the activation, then, for a linear layer with a bias,
+    the shared bias gradient (exactly k for one sample). Below a ReLU the same bias zeros decide the dead units
+    (`_live_outputs`) and k stays 0 at each of them, so the mask and k agree also when a defence's noise leaves no
+    exact zeros (x decides then). Pooled layers: x, z, k and the mask are all on the pooled outputs, since the
+    activation follows the pooling."""
+    x = x_next.reshape(layer.out_shape)
+    alive = None
+    if isinstance(layer.act, Rectifier):
+        alive = _live_outputs(layer, x, back_k, options)
+        z = torch.where(alive, layer.act.inverse(x), 0.0)
+        k = back_k * alive
+    else:
+        z = layer.act.inverse(x)
+        k = back_k * layer.act.derivative(z)
+    k, bias = bias_equations(layer, k)
+    if alive is not None:
+        k = k * alive
+    return z, k, alive, bias
+
+
 def _solve_layer(
-    layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype
+    layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype, alive: Tensor | None = None
 ) -> tuple[Tensor, LayerReport, Tensor | np.ndarray | None]:
-    """One layer on its own: plan, solve, report; returns its input, its report and its null basis (if measured)."""
+    """One layer on its own: plan, solve, report; returns its input, its report and its null basis (if measured).
+    `alive` (a ReLU layer): the outputs whose weight rows are kept."""
     start = time.perf_counter()
     weight = layer.op.weight.detach().to(dtype)
     if layer.op.bias is not None:  # the weight rows are W x = z - b; the gradient rows do not see the bias
@@ -37,10 +82,12 @@ def _solve_layer(
     geom = layer.geometry
     system = None
     if geom is not None:
-        system = ConvSystem(weight, k.reshape(weight.shape[0], *geom.out_hw), layer.grad, z, geom, options.scale_rows)
+        k_map = k.reshape(layer.out_shape)  # pooled layers: the pooled error (ConvSystem spreads it over P)
+        system = ConvSystem(weight, k_map, layer.grad, z, geom, options.scale_rows, layer.pool, alive)
     plan = plan_layer(layer, k, system, options, dtype)
-    solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system), plan, options)
-    return solve.x, layer_report(layer, solve, plan, time.perf_counter() - start), solve.null_basis
+    solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system, alive), plan, options)
+    report = layer_report(layer, solve, plan, time.perf_counter() - start, alive=alive, k=k)
+    return solve.x, report, solve.null_basis
 
 
 def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions,
@@ -56,13 +103,28 @@ def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, o
     return k, solved
 
 
+def _refits_pattern(layer: RGAPLayer) -> bool:
+    """The noise refit (`pattern.py`) re-derives k from the LeakyReLU slopes of an unpooled layer; a biased linear
+    layer's k is its bias gradient and a ReLU's dead units are decided by `_live_outputs`, so neither is refitted."""
+    if not isinstance(layer.act, PiecewiseLinear) or layer.pool != 1:
+        return False
+    return layer.is_conv or layer.bias_grad is None
+
+
 def _carries_null_space(layers: list[RGAPLayer], layer: RGAPLayer, options: RGAPOptions) -> bool:
-    """The joint solve needs a conv below (a linear layer is never deficient anyway) whose activation is piecewise
-    linear: it searches that activation's pattern, which a smooth activation does not have."""
+    """The joint solve needs a conv below (a linear layer is never deficient anyway) whose activation is an
+    invertible piecewise-linear one: it searches that activation's pattern, which a smooth activation does not
+    have; below a ReLU the pattern would also decide which weight rows exist, a search it does not do."""
     if not (options.carry_null_space and layer.index > 0):
         return False
     below = layers[layer.index - 1]
     return isinstance(below.op, nn.Conv2d) and isinstance(below.act, PiecewiseLinear)
+
+
+def _with_bias(report: LayerReport, bias: BiasCheck | None) -> LayerReport:
+    if bias is None:
+        return report
+    return dataclasses.replace(report, bias_equations=bias.equations, bias_residual_rel=bias.residual_rel)
 
 
 def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dtype: torch.dtype) -> Reconstruction:
@@ -72,6 +134,7 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
     x_next: Tensor | None = None
     null_basis = None
     for layer in reversed(layers):
+        alive = None
         if x_next is not None:
             back_k = back_propagate(layers[layer.index + 1], k, dtype)
             if null_basis is not None:
@@ -79,19 +142,21 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
                 joint = solve_joint(layer, back_k, x_next, null_basis, options, dtype)
                 x_next, null_basis = joint.x, None
                 k = back_k * layer.act.derivative(layer.act.inverse(joint.x_upper))
-                lower = layer_report(layer, joint, None, time.perf_counter() - began)
+                k, bias = bias_equations(layer, k)
+                lower = _with_bias(layer_report(layer, joint, None, time.perf_counter() - began), bias)
                 reports[-1] = completed_below(reports[-1], lower)
                 reports.append(lower)
                 continue
-            z = layer.act.inverse(x_next.reshape(layer.out_shape))
-            k = back_k * layer.act.derivative(z)
-        solved = _solve_layer(layer, k, z, options, dtype)
-        if x_next is not None and options.refit_pattern:
+            z, k, alive, bias = _error_and_rows(layer, back_k, x_next, options)
+        else:
+            k, bias = bias_equations(layer, k)
+        solved = _solve_layer(layer, k, z, options, dtype, alive)
+        if x_next is not None and options.refit_pattern and _refits_pattern(layer):
             k, solved = _refit_pattern(layer, back_k, z, solved, options, dtype)
         x_next, report, null_basis = solved
         if not _carries_null_space(layers, layer, options):
             null_basis = None
-        reports.append(report)
+        reports.append(_with_bias(report, bias))
     reports.reverse()
     residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
     image = x_next.reshape(1, *layers[0].in_shape).float().cpu()

@@ -17,6 +17,8 @@ import dataclasses
 import logging
 import math
 
+from torch import Tensor
+
 from rgap_bench.attacks.rgap.layers import RGAPLayer, describe_op
 from rgap_bench.attacks.rgap.null_space import CONSISTENT_RESIDUAL
 from rgap_bench.attacks.rgap.plan import LayerPlan
@@ -64,9 +66,28 @@ def run_status(layers: list[LayerReport], clamped: bool) -> tuple[Status, str]:
     return status, join(reasons)
 
 
-def layer_report(layer: RGAPLayer, solve: LayerSolve, plan: LayerPlan | None, time_s: float) -> LayerReport:
-    """The record of one solved layer; `plan` is None for the joint null-space solve. Logs one progress line
-    (large inputs take minutes; the log says where the attack is)."""
+def dead_counts(layer: RGAPLayer, alive: Tensor | None, k: Tensor | None) -> tuple[int | None, int | None]:
+    """Below a ReLU: (weight rows dropped as dead, gradient rows left all zero); (None, None) otherwise."""
+    if alive is None or k is None:
+        return None, None
+    dead = int((~alive).sum())
+    per_filter = k.reshape(layer.op.weight.shape[0], -1)
+    silent = int((per_filter == 0).all(dim=1).sum())  # a filter (unit) whose k is 0 at every position
+    return dead, silent * layer.op.weight[0].numel()
+
+
+def layer_report(
+    layer: RGAPLayer,
+    solve: LayerSolve,
+    plan: LayerPlan | None,
+    time_s: float,
+    *,
+    alive: Tensor | None = None,
+    k: Tensor | None = None,
+) -> LayerReport:
+    """The record of one solved layer; `plan` is None for the joint null-space solve; `alive` and `k` (a ReLU
+    layer) count what the dead units cost. Logs one progress line (large inputs take minutes; the log says where
+    the attack is)."""
     n = layer.unknowns
     geom = layer.geometry
     padded = geom.padded_unknowns if geom is not None else n
@@ -79,9 +100,12 @@ def layer_report(layer: RGAPLayer, solve: LayerSolve, plan: LayerPlan | None, ti
     if deficiency:
         note = f"rank-deficient: {deficiency} input directions are not determined"
         log.info("layer %d: %s", layer.index, note)
+    dead, zero_rows = dead_counts(layer, alive, k)
+    if dead and rank is None:
+        note = join((note, f"{dead} weight rows dropped (dead ReLU outputs); rank not measured (attack.rank)"))
     report = LayerReport(
         layer.index,
-        describe_op(layer.op),
+        describe_op(layer.op, layer.pool),
         unknowns=n,
         unknowns_padded=padded,
         gradient_constraints=layer.grad.numel(),
@@ -92,6 +116,10 @@ def layer_report(layer: RGAPLayer, solve: LayerSolve, plan: LayerPlan | None, ti
         rank_method="gradient-row bound" if proven else solve.rank_method,
         time_s=time_s,
         note=note,
+        dead_rows_dropped=dead,
+        zero_gradient_rows=zero_rows,
+        # the joint solve measures no rank: a settled pattern that fits every equation pins its input down
+        determined=(solve.pattern_settled or None) if deficiency is None else deficiency == 0,
         **{name: getattr(solve, name) for name in SOLVE_FIELDS},
     )
     report.status, report.status_reason = layer_status(report, solve)
@@ -111,4 +139,4 @@ def completed_below(report: LayerReport, lower: LayerReport) -> LayerReport:
     unresolved = UNRESOLVED.format(report.rank_deficiency)
     reasons = [r for r in report.status_reason.split("; ") if r and r != unresolved]
     status = report.status if report.status == "failed" else "approximate" if reasons else "exact"
-    return dataclasses.replace(report, note=note, status=status, status_reason=join(reasons))
+    return dataclasses.replace(report, note=note, status=status, status_reason=join(reasons), determined=True)

@@ -22,7 +22,16 @@ class LayerProblem:
     weight: Tensor
     k: Tensor  # dL/dz of this layer
     z: Tensor  # this layer's pre-activation, recovered from the layer above
-    system: ConvSystem | None  # conv layers: the scaled system as a matrix-free operator
+    system: ConvSystem | None  # conv layers: the scaled system as a matrix-free operator (with `alive` applied)
+    # a ReLU layer: the outputs (shaped like z) whose weight rows are kept; dead ones carry none. None keeps all
+    alive: Tensor | None = None
+
+    def live_weight_rows(self) -> tuple[Tensor, Tensor]:
+        """A linear layer's weight rows W x = z restricted to the live outputs: (W, z)."""
+        if self.alive is None:
+            return self.weight, self.z
+        keep = self.alive.reshape(-1)
+        return self.weight[keep], self.z.reshape(-1)[keep]
 
 
 @dataclass(frozen=True)

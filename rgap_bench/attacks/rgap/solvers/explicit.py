@@ -2,7 +2,9 @@
 
 attack.solver=dense on a linear layer and attack.solver=sparse factorise the sparse normal matrix
 (`rgap_bench.linalg.lstsq.solve_blocks`); attack.solver=lstsq hands the stacked rows to LAPACK as one dense matrix,
-what naive code does. Slow, and kept to check the fast paths against.
+what naive code does. Slow, and kept to check the fast paths against. A pooled conv stacks the conv's gradient rows
+(with the full-resolution error P^T k) and the weight rows of the equivalent strided conv
+(`rgap_bench.linalg.pooling`).
 """
 
 from __future__ import annotations
@@ -14,15 +16,29 @@ from rgap_bench.attacks.rgap.plan import LayerPlan
 from rgap_bench.attacks.rgap.solvers.base import LayerProblem, LayerSolve
 from rgap_bench.linalg.constraints import ConstraintBlock, conv_constraints, linear_constraints
 from rgap_bench.linalg.lstsq import dense_lstsq, solve_blocks
+from rgap_bench.linalg.pooling import pooled_filters, pooled_geometry, upsample_error
 
 
 def _blocks(problem: LayerProblem) -> list[ConstraintBlock]:
     cpu = {"device": "cpu", "dtype": torch.float64}
     w64, g64, k64, z64 = (t.detach().to(**cpu) for t in (problem.weight, problem.layer.grad, problem.k, problem.z))
-    geom = problem.layer.geometry
-    if geom is not None:
-        return conv_constraints(w64, g64, k64.reshape(w64.shape[0], -1), z64, geom)
-    return linear_constraints(w64, g64, k64, z64)
+    layer = problem.layer
+    geom = layer.geometry
+    if geom is None:
+        blocks = linear_constraints(w64, g64, k64, z64)
+    elif layer.pool == 1:
+        blocks = conv_constraints(w64, g64, k64.reshape(w64.shape[0], -1), z64, geom)
+    else:  # pooled: the conv's gradient rows with the full-resolution error, the weight rows of the equivalent conv
+        k_full = upsample_error(k64.reshape(layer.out_shape), geom.out_hw, layer.pool)
+        gradient = conv_constraints(w64, g64, k_full.reshape(w64.shape[0], -1), None, geom)
+        row_geom = pooled_geometry(geom, layer.pool)
+        row_weight = pooled_filters(w64, geom.stride, layer.pool)
+        weight = conv_constraints(row_weight, row_weight, k64.reshape(w64.shape[0], -1), z64, row_geom)[1]
+        blocks = [*gradient, weight]
+    if problem.alive is None:
+        return blocks
+    keep = problem.alive.detach().reshape(-1).cpu().numpy()  # one weight row per (pooled) output, in z's order
+    return [ConstraintBlock(b.kind, b.matrix[keep], b.rhs[keep]) if b.kind == "weight" else b for b in blocks]
 
 
 def _solve_factorised(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions, kind: str) -> LayerSolve:

@@ -7,7 +7,8 @@ import logging
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.plan import LayerPlan
 from rgap_bench.attacks.rgap.solvers.base import LayerProblem, LayerSolve
-from rgap_bench.linalg.operators import BlockJacobi, pcg
+from rgap_bench.linalg.operators import BlockJacobi
+from rgap_bench.linalg.pcg import pcg
 from rgap_bench.linalg.resources import cpu_threads, dense_bytes, solve_threads
 
 log = logging.getLogger(__name__)

@@ -38,6 +38,7 @@ def solve_joint(
         max_pcg_iter=options.max_iter,
         scale_rows=options.scale_rows,
         bias=layer.op.bias,
+        pool=layer.pool,
     )
     device = layer.grad.device
     settled = "settled" if joint.consistent else "not settled"

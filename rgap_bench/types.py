@@ -128,6 +128,10 @@ class LayerReport:
     # joint null-space solve only: whether the LeakyReLU pattern of the deficient layer's input settled with a
     # solution that fits every equation of both layers (residual < 1e-3; None for every other solve)
     pattern_settled: bool | None = None
+    # joint null-space solve only: rank of the joint system (this layer's inputs + the deficient layer's free
+    # coefficients) at the settled pattern, and its unknowns; exact needs rank == unknowns (None: not measured)
+    joint_rank: int | None = None
+    joint_unknowns: int | None = None
     normal_residual_rel: float | None = None  # iterative solvers: ||N x - A^T b|| / ||A^T b|| where they stopped
     # a layer with a bias: its bias equations (one per output unit or channel; they fix dL/dz, not x) and how well
     # the recursion's k matched the shared bias gradient, ||db(k) - db|| / ||db|| (None: no bias)

@@ -42,6 +42,8 @@ class LayerSolve:
     # pattern settled with a solution that fits every equation of both layers
     x_upper: Tensor | None = None
     pattern_settled: bool | None = None
+    joint_rank: int | None = None  # rank of the joint system (None: not measured, e.g. the pattern did not settle)
+    joint_unknowns: int | None = None  # its unknowns: this layer's inputs + the free coefficients above
     note: str = ""
 
 

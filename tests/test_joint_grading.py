@@ -106,3 +106,20 @@ def test_a_joint_rank_too_large_to_measure_is_not_called_exact(
     assert lower.pattern_settled is True and lower.joint_rank is None and lower.joint_unknowns == 64 + 340
     assert lower.status == "approximate" and "joint rank not measured" in lower.status_reason
     assert upper.status == "approximate" and "the joint solve with layer 0 is not unique" in upper.status_reason
+
+
+def test_a_search_that_found_the_input_but_not_the_pattern_is_settled_by_the_forward_pass(
+    monkeypatch, deficient_over_surplus, make_update, photo_batch, psnr
+):
+    """Seed 0, photo 0: the pattern search ends with the right image but 3 units of conv1's output on the wrong
+    branch; conv0's forward pass of that image gives the consistent output, and the pair is exact."""
+    model = deficient_over_surplus(0)
+    batch = photo_batch(image_size=8, channels=1, index=0)
+    update = make_update(model, batch)
+    rec = RGAP(rank="exact")(model, update)
+    assert rec.layers[0].pattern_settled is True and rec.layers[0].residual_rel < 1e-6
+    assert rec.status == "exact" and psnr(rec.inputs, batch.inputs) >= 60
+    monkeypatch.setattr(null_space_module, "_forward_candidate", lambda joint, best: best)
+    searched = RGAP(rank="exact")(model, update)
+    assert searched.layers[0].pattern_settled is False and searched.status == "approximate"
+    torch.testing.assert_close(searched.inputs, rec.inputs)  # the image is the search's either way

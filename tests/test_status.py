@@ -68,7 +68,7 @@ def test_unresolved_rank_deficiency_is_approximate_and_a_settled_joint_solve_res
 
 
 def test_a_joint_solve_whose_pattern_does_not_settle_says_so(make_update, photo_batch, deficient_over_surplus):
-    model = deficient_over_surplus(0)
+    model = deficient_over_surplus(1)  # seed 0's search lands on the right input: its forward pass settles it
     rec = RGAP(rank="exact")(model, make_update(model, photo_batch(image_size=8, channels=1, index=0)))
     assert rec.layers[0].pattern_settled is False
     assert "activation pattern not settled" in rec.layers[0].status_reason

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.constraints import ConvGeometry
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem, pcg
-from rgap_bench.linalg.pooling import pooled_geometry
+from rgap_bench.linalg.pooling import pooled_filters, pooled_geometry
 from rgap_bench.linalg.resources import dense_memory
 from rgap_bench.linalg.spectrum import low_spectrum
 
@@ -94,6 +95,8 @@ def solve_through_null_space(
         )
     joint = _ConvJoint(weight, grad, geom, act, back_k, x_min, null_basis, scale_rows, bias, pool)
     solution = _pattern_iteration(joint, tol=tol, max_pcg_iter=max_pcg_iter, **options)
+    if not solution.consistent:
+        solution = _forward_candidate(joint, solution)
     solution.unknowns = joint.n_lower + joint.null.shape[1]
     if solution.consistent:  # a pattern that did not settle is graded approximate whatever its rank
         solution.rank, solution.open_lower = joint_rank(joint, solution.x_upper, rcond)
@@ -190,6 +193,20 @@ class _ConvJoint:
         coef = vh[keep].T @ ((u[:, keep].T @ weight_residual) / sv[keep])
         return x, self.x_min + self.null @ coef
 
+    def forward(self, x: Tensor) -> Tensor:
+        """x_upper as the lower layer computes it from x (conv, pooling, bias, activation), flat."""
+        rg = pooled_geometry(self.geom, self.pool)
+        filters = pooled_filters(self.weight, self.geom.stride, self.pool)
+        z = F.conv2d(x.reshape(1, *self.geom.in_shape), filters, stride=rg.stride, padding=rg.padding)[0]
+        if self.bias is not None:
+            z = z + self.bias
+        return torch.where(z < 0, self.act.slope * z, z).reshape(-1)
+
+    def on_null_space(self, x_upper: Tensor) -> Tensor:
+        """The nearest x_min + N a to x_upper: where the deficient layer's own equations hold."""
+        coef = torch.linalg.lstsq(self.null, (x_upper - self.x_min)[:, None]).solution[:, 0]
+        return self.x_min + self.null @ coef
+
     def full_residual(self, x: Tensor, x_upper: Tensor) -> float:
         """Residual of every equation under the pattern that x_upper itself implies."""
         return self._layer_system(x_upper, x_upper)[0].residual_rel(x)
@@ -253,3 +270,17 @@ def _pattern_iteration(
         drop |= flips
     best.iterations = iterations
     return best
+
+
+def _forward_candidate(joint: _ConvJoint, best: JointSolution) -> JointSolution:
+    """The pattern search can find the right lower input with a wrong x_upper: a few units on the wrong branch,
+    absorbed by the free coefficients, and no pattern settles. The lower layer's own forward pass of that input,
+    put on x_min + range(N), is then the consistent x_upper: it replaces the search's when it fits every equation
+    better. Only for an unsettled search, so that settled answers stay as they were; the input is kept either way."""
+    forward = joint.forward(best.x_lower)
+    x_upper = joint.on_null_space(forward)
+    residual = joint.full_residual(best.x_lower.reshape(joint.geom.in_shape), x_upper)
+    if not residual < best.residual_rel:
+        return best
+    flips = int(((x_upper < 0) != (forward < 0)).sum())  # the pattern the projection moved off the forward pass
+    return JointSolution(best.x_lower, x_upper, residual, best.iterations, flips)

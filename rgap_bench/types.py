@@ -133,6 +133,10 @@ class LayerReport:
     # joint null-space solve only: whether the LeakyReLU pattern of the deficient layer's input settled with a
     # solution that fits every equation of both layers (residual < 1e-3; None for every other solve)
     pattern_settled: bool | None = None
+    # joint null-space solve only: rank of the joint system (this layer's inputs + the deficient layer's free
+    # coefficients) at the settled pattern, and its unknowns; exact needs rank == unknowns (None: not measured)
+    joint_rank: int | None = None
+    joint_unknowns: int | None = None
     normal_residual_rel: float | None = None  # iterative solvers: ||N x - A^T b|| / ||A^T b|| where they stopped
     # below a ReLU (None for any other activation): weight rows of dead outputs dropped (of `weight_constraints`),
     # and gradient rows the dead units left all zero (linear: a dead unit's row of n; conv: a filter dead everywhere)

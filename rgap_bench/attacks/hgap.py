@@ -93,10 +93,10 @@ class HGAP:
         deficient = [r.index for r in layers if r.rank_deficiency or _unmeasured_relu(r)]
         if closed is not None and not deficient:
             return _with_info(closed, hgap={"stage": "rgap", "deficient_layers": []})
-        joint = [] if closed is None else [r.pattern_settled for r in closed.layers if r.pattern_settled is not None]
+        joint = [] if closed is None else [r.status == "exact" for r in closed.layers if r.pattern_settled is not None]
         if deficient and len(joint) == len(deficient) and all(joint):
-            # Every deficient layer was completed jointly with a settled activation pattern: R-GAP's answer fits
-            # every equation, and matching could only trade it for float32 rounding.
+            # Every deficient layer was completed by an exact joint solve (pattern settled, joint system full
+            # rank): R-GAP's answer is the unique one, and matching could only trade it for float32 rounding.
             return _with_info(closed, hgap={"stage": "rgap-joint", "deficient_layers": deficient})
         if deficient:
             log.info("%s: layers %s are rank-deficient; refining by gradient matching", self.name, deficient)

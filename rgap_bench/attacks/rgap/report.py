@@ -5,9 +5,10 @@ treats as converged elsewhere:
 - residual: ||A x - b|| / ||b|| below `null_space.CONSISTENT_RESIDUAL` (1e-3), the residual under which the joint
   solve calls a pattern consistent (clean float64 runs leave ~1e-6, float32 ~1e-6 too; noise leaves far more);
 - PCG: normal residual within `iterative.CONVERGED_FACTOR` (1e3) x attack.tol, where the solver warns otherwise;
-- uniqueness: a measured or proven rank with no deficiency, or a deficiency completed by a joint solve below whose
-  activation pattern settled (the criterion H-GAP already uses to skip matching);
-- the joint solve: its activation pattern settled with a consistent solution.
+- uniqueness: a measured or proven rank with no deficiency, or a deficiency completed by an exact joint solve below;
+- the joint solve: its activation pattern settled with a consistent solution, and the joint system (the layer's
+  inputs + the free coefficients above) measured full rank at that pattern: a settled pattern with a tiny residual
+  alone does not make the answer unique (`null_space.joint_rank`); H-GAP skips matching only on this criterion.
 Anything else is `approximate` with the reason; a NaN/Inf solution or residual is `failed`.
 """
 
@@ -28,8 +29,24 @@ from rgap_bench.attacks.status import join, non_finite, worst
 from rgap_bench.types import LayerReport, Status
 
 log = logging.getLogger("rgap_bench.attacks.rgap")  # one logger for the package: the progress lines of one attack
-SOLVE_FIELDS = ("sigma_min_rel", "residual_rel", "solver", "iterations", "pattern_settled", "normal_residual_rel")
+SOLVE_FIELDS = (
+    "sigma_min_rel", "residual_rel", "solver", "iterations", "pattern_settled", "joint_rank", "joint_unknowns",
+    "normal_residual_rel",
+)  # fmt: skip
 UNRESOLVED = "rank deficiency of {} left unresolved: the minimum-norm solution is wrong in those directions"
+
+
+def joint_reason(report: LayerReport) -> str:
+    """Why a settled joint solve is not unique, or "" when its joint system is proven full rank."""
+    if report.joint_rank is None:
+        return "joint rank not measured (too large for a dense factorisation): the solution may not be unique"
+    open_ = report.joint_unknowns - report.joint_rank
+    if open_ <= 0:
+        return ""
+    return (
+        f"the joint system has rank {report.joint_rank} of {report.joint_unknowns} unknowns: {open_} directions "
+        "stay open, along which other inputs give the same gradient (attack=hgap refines)"
+    )
 
 
 def layer_status(report: LayerReport, solve: LayerSolve) -> tuple[Status, str]:
@@ -50,10 +67,13 @@ def layer_status(report: LayerReport, solve: LayerSolve) -> tuple[Status, str]:
         )
     if report.pattern_settled is False:
         reasons.append("activation pattern not settled in the joint null-space solve")
+    elif report.pattern_settled:
+        reasons.append(joint_reason(report))
     elif report.pattern_settled is None and report.rank_deficiency is None:
         reasons.append("rank not measured (attack.rank, attack.rank_max_unknowns): the solution may not be unique")
     if report.rank_deficiency:
         reasons.append(UNRESOLVED.format(report.rank_deficiency))
+    reasons = [r for r in reasons if r]
     return ("approximate" if reasons else "exact"), join(reasons)
 
 
@@ -132,11 +152,25 @@ def layer_report(
 
 def completed_below(report: LayerReport, lower: LayerReport) -> LayerReport:
     """The deficient layer's record once the layer below has solved its null space: its deficiency is resolved
-    when the joint solve's pattern settled, and stays the reason otherwise."""
+    when the joint solve's pattern settled and its joint system is full rank, and stays the reason otherwise."""
     note = f"{report.note}; completed jointly with layer {lower.index} below"
     if not lower.pattern_settled:
         return dataclasses.replace(report, note=note)
     unresolved = UNRESOLVED.format(report.rank_deficiency)
-    reasons = [r for r in report.status_reason.split("; ") if r and r != unresolved]
+    reasons = [r if r != unresolved else _partly_resolved(report, lower) for r in report.status_reason.split("; ")]
+    reasons = [r for r in reasons if r]
     status = report.status if report.status == "failed" else "approximate" if reasons else "exact"
-    return dataclasses.replace(report, note=note, status=status, status_reason=join(reasons), determined=True)
+    unique = not _partly_resolved(report, lower)  # the joint solve settled and its system has full rank
+    return dataclasses.replace(report, note=note, status=status, status_reason=join(reasons), determined=unique)
+
+
+def _partly_resolved(report: LayerReport, lower: LayerReport) -> str:
+    """The deficiency's reason once a settled joint solve below took it on: "" when that solve is unique."""
+    if not joint_reason(lower):
+        return ""
+    if lower.joint_rank is None:
+        return f"rank deficiency of {report.rank_deficiency}: the joint solve with layer {lower.index} is not unique"
+    return (
+        f"rank deficiency of {report.rank_deficiency} only partly resolved: the joint solve with layer {lower.index} "
+        f"below leaves {lower.joint_unknowns - lower.joint_rank} directions open"
+    )

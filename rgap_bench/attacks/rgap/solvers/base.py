@@ -52,6 +52,8 @@ class LayerSolve:
     x_upper: Tensor | None = None
     pattern_settled: bool | None = None
     rank_method: str = ""  # how `rank` was measured, when not by the factorisation `solver` names
+    joint_rank: int | None = None  # rank of the joint system (None: not measured, e.g. the pattern did not settle)
+    joint_unknowns: int | None = None  # its unknowns: this layer's inputs + the free coefficients above
     note: str = ""
 
 

@@ -39,9 +39,12 @@ def solve_joint(
         scale_rows=options.scale_rows,
         bias=layer.op.bias,
         pool=layer.pool,
+        rcond=options.rcond,
     )
     device = layer.grad.device
     settled = "settled" if joint.consistent else "not settled"
+    if joint.rank is not None:
+        settled += f", joint rank {joint.rank} of {joint.unknowns}"
     return LayerSolve(
         joint.x_lower.to(device, dtype).reshape(layer.in_shape),
         joint.residual_rel,
@@ -49,6 +52,8 @@ def solve_joint(
         iterations=joint.iterations,
         x_upper=joint.x_upper.to(device, dtype).reshape(layer.out_shape),
         pattern_settled=joint.consistent,
+        joint_rank=joint.rank,
+        joint_unknowns=joint.unknowns,
         note=(
             f"solved with the {null_basis.shape[1]} undetermined directions of layer {layer.index + 1}; "
             f"activation pattern {settled}"

@@ -103,7 +103,7 @@ def settle_pattern(
         if not bool(doubt.any()):
             break
         doubtful = max(doubtful, int(doubt.sum()))
-        d = refit_derivative(layer, x_of(result), back_k, d, doubt)
+        d = refit_derivative(layer, x_of(result), back_k, d0, doubt)
         result = solve(back_k * d)
         done += 1
     changed = int(((d - d0).abs() > 0.5 * abs(1 - act.slope)).sum())

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from rgap_bench.attacks.rgap import RGAP
+from rgap_bench.attacks.rgap.layers import RGAPLayer
+from rgap_bench.attacks.rgap.pattern import settle_pattern
 from rgap_bench.defenses.gaussian import GaussianNoise
+from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.linear_system import LinearSystem
 from rgap_bench.linalg.regularize import choose_spectral, rule_for
 from rgap_bench.models import build_convnet
@@ -93,3 +96,25 @@ def test_the_pattern_refit_keeps_a_clean_update_and_helps_a_noisy_one(photo_batc
     scores = {refit: psnr(RGAP(rank="off", refit_pattern=refit)(model, noisy).inputs, batch.inputs) for refit in (0, 1)}
     assert psnr(clean.inputs, batch.inputs) >= 60
     assert scores[1] >= scores[0] - 0.5  # a few doubtful signs on this toy: no worse (cnn6: +14 dB, docs/noise.md)
+
+
+def _identity_layer(grad: torch.Tensor) -> RGAPLayer:
+    op = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        op.weight.copy_(torch.eye(2))
+    return RGAPLayer(0, "blocks.0.op.weight", op, PiecewiseLinear(0.2), (2,), (2,), grad.double())
+
+
+def test_an_entry_no_longer_in_doubt_takes_its_signs_derivative_not_a_stale_refit():
+    # round 1 (a bad first solve) puts both entries in doubt and refits both to the slope; round 2 (a good solve)
+    # leaves only the small entry in doubt: the large one must return to sigma'(z) = 1, not keep round 1's 0.2
+    # (that stale value was the cliff on cnn6 photo 0 between absolute sigma 1.2e-8 and 1.33e-8, docs/noise.md)
+    x_true = torch.tensor([1e-3, 1.0], dtype=torch.float64)
+    back_k = torch.ones(2, dtype=torch.float64)
+    layer = _identity_layer(torch.outer(back_k, x_true))
+    first, good = torch.tensor([0.0, -1.0], dtype=torch.float64), x_true + torch.tensor([1e-2, 0.0])
+    k, result, fit = settle_pattern(layer, back_k, x_true, lambda _k: good, first, lambda x: x, torch.float64)
+    assert fit.rounds >= 2 and fit.doubtful == 2
+    assert torch.equal(result, good)
+    assert float(k[1]) == 1.0  # its sign is trusted again: the derivative of z > 0
+    assert abs(float(k[0]) - 1.0) < 1e-3  # refitted to the gradient rows at the good solve: close to the true 1

@@ -28,6 +28,11 @@ S = TypeVar("S")
 # noise 7.5e-4: 2 gives 23.9 dB, 3 gives 21.5, 5 gives 21.0; rounding the refit to {slope, 1} or pulling it towards
 # the first guess did worse: the refit is noisy, its clipped least-squares value is the better estimate)
 DOUBT = 2.0
+# Refit-and-solve rounds: the refit and the solve feed each other (x from k, k's doubtful entries from x) and their
+# error shrinks by about half a round. cnn6 photos 0-1, relative noise 1e-4 / 1e-3 (mean dB): 2 rounds 40.5 / 25.9,
+# 5 rounds 51.7 / 30.7, 10 rounds 51.8 / 31.2. A round is one more solve of the layer; it stops once nothing is
+# in doubt, so a clean update costs nothing.
+ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def settle_pattern(
     first: S,
     x_of: Callable[[S], Tensor],
     dtype: torch.dtype,
-    rounds: int = 2,
+    rounds: int = ROUNDS,
 ) -> tuple[Tensor, S, PatternFit]:
     """Refit the doubtful derivatives of `layer`'s output and re-solve. `solve(k)` solves the layer for k, `first`
     is its solve for the sign pattern of z (z holds the bias, as W x + b does); returns the final k, solve and fit."""
@@ -103,7 +108,7 @@ def settle_pattern(
         if not bool(doubt.any()):
             break
         doubtful = max(doubtful, int(doubt.sum()))
-        d = refit_derivative(layer, x_of(result), back_k, d, doubt)
+        d = refit_derivative(layer, x_of(result), back_k, d0, doubt)
         result = solve(back_k * d)
         done += 1
     changed = int(((d - d0).abs() > 0.5 * abs(1 - act.slope)).sum())

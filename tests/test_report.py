@@ -139,3 +139,24 @@ def test_accuracy_sits_beside_psnr_and_says_what_it_was_measured_on(tmp_path):
     assert list(report.jobs["accuracy"]) == [0.91, 0.89]
     assert set(report.jobs["accuracy_on"]) == {"training data, pretrained"}
     assert list(report.table["accuracy"]) == ["0.890", "0.910"] and "accuracy_vs_psnr" in report.plots
+
+
+def test_a_sigma_written_without_a_dot_sorts_as_a_number(tmp_path):
+    """YAML 1.1 reads `1e-05` as a string: the swept column must still be numeric and ordered by value."""
+    sweep = tmp_path / "sweep"
+    for num, sigma in enumerate(["0", "1e-05", "0.0001", "0.001"]):
+        job = sweep / f"{num}_cnn6_rgap"
+        (job / ".hydra").mkdir(parents=True)
+        config = {
+            "model": {"name": "cnn6"},
+            "attack": {"name": "rgap"},
+            "defense": {"gaussian": {"sigma": float(sigma)}},
+        }
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"defense.gaussian.sigma={sigma}"]))
+        (job / "metrics.json").write_text(json.dumps(ok(100.0 - 10 * num, 1.0)))
+    report = write_report(sweep)
+    table = pd.read_csv(report.files["summary"])
+    assert table["defense.gaussian.sigma"].tolist() == [0.0, 1e-05, 0.0001, 0.001]
+    rows = [line for line in Path(report.files["markdown"]).read_text().splitlines() if line.startswith("| ")]
+    assert [float(r.split("|")[1]) for r in rows[1:5]] == [0.0, 1e-05, 0.0001, 0.001]  # rows[0]: the header

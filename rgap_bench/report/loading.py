@@ -41,11 +41,18 @@ def _override_key(override: str) -> tuple[str, str]:
 
 
 def _value(text: str) -> Any:
-    """An override's value as YAML reads it (0.001 -> float, cnn6 -> str)."""
+    """An override's value as YAML reads it (0.001 -> float, cnn6 -> str); YAML 1.1 reads 1e-05 (no dot) as a
+    string, which would sort a sigma axis as text, so a string that is a number becomes that number."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _sigma(config: dict[str, Any]) -> float | None:

@@ -114,7 +114,8 @@ def run(overrides: list[str], indices: list[int], attacks: tuple[str, ...], budg
             rec = attack(copy.deepcopy(model).eval(), update)
             row[name] = {"psnr": reconstruction_metrics(rec.inputs, batch.inputs)["psnr"],
                          "label": None if rec.labels is None else int(rec.labels.reshape(-1)[0]),
-                         "status": rec.status, "time_s": time.perf_counter() - began}  # fmt: skip
+                         "status": rec.status, "time_s": time.perf_counter() - began,
+                         "gradient_distance": rec.gradient_distance, "hgap": rec.info.get("hgap")}  # fmt: skip
             if name == "rgap":
                 row[name]["layers"] = [layer_row(layer) for layer in rec.layers]
                 row[name]["determined"] = determined(rec)

@@ -143,7 +143,8 @@ class LayerReport:
     dead_rows_dropped: int | None = None
     zero_gradient_rows: int | None = None
     # the layer's input is unique: rank == unknowns (measured or proven), or its deficiency completed by the joint
-    # solve below; None when the rank was not measured (a large conv solved by PCG: see rank_method / note)
+    # solve below; None when the rank was not measured (a large conv solved by PCG: see rank_method / note) or when
+    # a layer above is open (its outputs, dead units and rank were read from a wrong estimate: see status_reason)
     determined: bool | None = None
     # a layer with a bias: its bias equations (one per output unit or channel; they fix dL/dz, not x) and how well
     # the recursion's k matched the shared bias gradient, ||db(k) - db|| / ||db|| (None: no bias)

@@ -157,6 +157,10 @@ def test_deficient_relu_layer_is_reported_and_hgap_beats_both_parts(photo_batch,
     conv2 = rgap.layers[1]
     assert conv2.dead_rows_dropped > 0 and conv2.determined is False and conv2.rank_deficiency > 0
     assert rgap.status == "approximate"
+    conv1 = rgap.layers[0]  # its own system has full rank, but its outputs are conv2's wrong minimum-norm input
+    assert conv1.rank_deficiency == 0 and conv1.determined is None and conv1.status == "approximate"
+    assert "its outputs come from an undetermined layer above (layer 1)" in conv1.status_reason
+    assert rgap.layers[2].determined is True  # the layer above the open one is not touched
     matching = {"max_iterations": 60, "progress": False}  # the same budget for both; at 200 DLG alone gets exact
     dlg = DLG(**matching)(model, update)
     hgap = HGAP(matching=matching)(model, update)

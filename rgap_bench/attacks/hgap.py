@@ -3,9 +3,10 @@
 R-GAP's closed-form recursion runs first. If every layer's system is fully determined its answer is exact and is
 returned as is. Otherwise the minimum-norm R-GAP solution (exact in every direction the gradients determine, wrong
 only in the null space of the deficient layer) is the starting point of a gradient-matching run, optionally next
-to `random_restarts` matching runs from random inputs (plain DLG). The answer is whichever of {R-GAP, matched runs}
-has the smallest gradient distance to the shared update, a choice that uses only the update, so H-GAP is never
-worse than its parts by the criterion an attacker can compute.
+to `random_restarts` matching runs from random inputs, and (`dlg_candidate`) next to `attack=dlg`'s own run: its
+settings, seed and random start, so H-GAP's candidates contain DLG's answer itself. The answer is whichever of
+{R-GAP, matched runs, DLG} has the smallest float64 gradient distance to the shared update, a choice that uses
+only the update, so H-GAP is never worse than its parts (DLG included) by the criterion an attacker can compute.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from rgap_bench.attacks.dlg import DLG, DLGOptions
 from rgap_bench.attacks.gradient_matching import GradientMatchingAttack, MatchingOptions
 from rgap_bench.attacks.matching import MatchingTarget
 from rgap_bench.attacks.rgap import RGAP
@@ -47,6 +49,9 @@ class HGAPOptions:
     rgap: RGAPOptions = field(default_factory=RGAPOptions)
     matching: HGAPMatchingOptions = field(default_factory=HGAPMatchingOptions)
     random_restarts: int = 1  # extra matching runs from random inputs next to the one from R-GAP
+    # also run attack=dlg itself wherever matching runs: DLG's objective, soft labels, no box and random start, with
+    # the matching node's budget, seed, dtype and tolerance (attack=dlg with those gives the same image)
+    dlg_candidate: bool = True
 
     def __post_init__(self) -> None:
         if self.random_restarts < 0:
@@ -59,8 +64,9 @@ class HGAPOptions:
 
 
 def _unmeasured_relu(report: LayerReport) -> bool:
-    """Below a ReLU, a layer whose dead units dropped weight rows and whose rank was not measured."""
-    return bool(report.dead_rows_dropped) and report.determined is None
+    """Below a ReLU, a layer whose dead units dropped weight rows and whose rank was not measured (a layer below an
+    open one also reports `determined: None`, but its own rank is measured: the open layer above is the one matched)."""
+    return bool(report.dead_rows_dropped) and report.determined is None and report.rank_deficiency is None
 
 
 class HGAP:
@@ -75,6 +81,9 @@ class HGAP:
         self.rgap = RGAP(opts.rgap)
         self.box = opts.matching.box
         self.matcher = GradientMatchingAttack(dataclasses.replace(opts.matching, restarts=1 + opts.random_restarts))
+        shared = ("max_iterations", "seed", "dtype", "tolerance", "progress")
+        dlg = DLGOptions(**{key: getattr(opts.matching, key) for key in shared})
+        self.dlg = DLG(dlg) if opts.dlg_candidate else None
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
         unsupported = ""
@@ -105,33 +114,40 @@ class HGAP:
         if closed is not None:
             init = closed.inputs.clamp(0, 1) if self.box else closed.inputs
         matched = self.matcher.reconstruct(target, init=init)
-        matched = _with_info(matched, hgap={"stage": "matching", "deficient_layers": deficient})
-        if closed is None:
+        candidates = {"rgap": closed, "matching": matched, "dlg": self.dlg(model, update) if self.dlg else None}
+        candidates = {name: rec for name, rec in candidates.items() if rec is not None}
+        if len(candidates) == 1:  # R-GAP could not run and DLG is off: the matched runs alone
+            matched = _with_info(matched, hgap={"stage": "matching", "deficient_layers": deficient})
             return dataclasses.replace(matched, status_reason=join((matched.status_reason, unsupported)))
-        # Judge both in float64: near an exact solution the float32 matching loss is rounding noise, and it would
+        # Judge all in float64: near an exact solution the float32 matching loss is rounding noise, and it would
         # hand the win to a matched image that is worse than the closed-form one.
         judge = MatchingTarget.from_update(model, update, "float64")
-        rgap_distance = judge.distance(closed.inputs, closed.labels, soft=False, metric=self.matcher.options.distance)
-        matched_distance = judge.distance(
-            matched.inputs, matched.labels, soft=False, metric=self.matcher.options.distance
-        )
-        winner = closed if rgap_distance <= matched_distance else matched
-        status, reason = closed.status, closed.status_reason
-        if winner is matched:  # graded on the float64 distance it won by
-            refined = f"R-GAP left layers {deficient} rank-deficient, refined by gradient matching"
-            status, reason = self.matcher.status(matched_distance, matched.inputs)
-            reason = join((reason, refined))
+        metric = self.matcher.options.distance
+        distances = {name: judge.distance(rec.inputs, rec.labels, soft=False, metric=metric)
+                     for name, rec in candidates.items()}  # fmt: skip
+        stage = min(distances, key=distances.__getitem__)  # ties: R-GAP, then matching, then DLG
+        winner, distance = candidates[stage], distances[stage]
+        status, reason = (closed.status, closed.status_reason) if closed is not None else ("failed", "")
+        if stage != "rgap":  # graded on the float64 distance it won by
+            attack = self.matcher if stage == "matching" else self.dlg
+            status, reason = attack.status(distance, winner.inputs)
+            how = "DLG's own run matched best" if stage == "dlg" else "H-GAP's matching run matched best"
+            how = "refined by gradient matching" if stage == "matching" and closed is not None else how
+            why = f"R-GAP left layers {deficient} rank-deficient" if closed is not None else unsupported
+            reason = join((reason, f"{why}, {how}"))
         hgap = {
-            "stage": "rgap" if winner is closed else "matching",
+            "stage": stage,  # the candidate that won: rgap | matching | dlg
             "deficient_layers": deficient,
-            "rgap_gradient_distance": rgap_distance,
-            "matched_gradient_distance": matched_distance,
+            "gradient_distances": distances,  # each candidate's float64 gradient distance, by name
+            "rgap_gradient_distance": distances.get("rgap"),
+            "matched_gradient_distance": distances["matching"],
+            "dlg_gradient_distance": distances.get("dlg"),
             "best_restart": matched.info["best_restart"],  # 0: started from R-GAP; >0: from random inputs
         }
         return dataclasses.replace(
             winner,
-            layers=closed.layers,
-            gradient_distance=min(rgap_distance, matched_distance),
+            layers=closed.layers if closed is not None else winner.layers,
+            gradient_distance=distance,
             status=status,
             status_reason=reason,
             info={**winner.info, "hgap": hgap},

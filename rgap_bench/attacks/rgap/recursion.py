@@ -21,7 +21,7 @@ from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate,
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.pattern import settle_pattern
 from rgap_bench.attacks.rgap.plan import plan_layer
-from rgap_bench.attacks.rgap.report import completed_below, layer_report
+from rgap_bench.attacks.rgap.report import below_open, completed_below, layer_report
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
 from rgap_bench.attacks.rgap.start import HeadStart
 from rgap_bench.linalg.activations import PiecewiseLinear, Rectifier
@@ -157,7 +157,7 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
         if not _carries_null_space(layers, layer, options):
             null_basis = None
         reports.append(_with_bias(report, bias))
-    reports.reverse()
+    reports = below_open(reports[::-1])
     residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
     image = x_next.reshape(1, *layers[0].in_shape).float().cpu()
     residual = float(np.mean(residuals))

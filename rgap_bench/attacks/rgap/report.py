@@ -164,6 +164,25 @@ def completed_below(report: LayerReport, lower: LayerReport) -> LayerReport:
     return dataclasses.replace(report, note=note, status=status, status_reason=join(reasons), determined=unique)
 
 
+def below_open(reports: list[LayerReport]) -> list[LayerReport]:
+    """Reports (input layer first) with every layer below an open one (measured rank-deficient and not completed by
+    a joint solve) marked not known: its outputs, its dead units and its `determined` were read from the wrong
+    estimate the open layer handed down, so they describe the system R-GAP solved, not the client's input."""
+    out = list(reports)
+    open_ = None
+    for i in range(len(out) - 1, -1, -1):
+        report = out[i]
+        if open_ is not None and report.pattern_settled is None:  # a joint solve carries its own grade
+            reason = f"its outputs come from an undetermined layer above (layer {open_})"
+            status = report.status if report.status == "failed" else "approximate"
+            out[i] = dataclasses.replace(
+                report, determined=None, status=status, status_reason=join((report.status_reason, reason))
+            )
+        if open_ is None and report.determined is False:
+            open_ = report.index
+    return out
+
+
 def _partly_resolved(report: LayerReport, lower: LayerReport) -> str:
     """The deficiency's reason once a settled joint solve below took it on: "" when that solve is unique."""
     if not joint_reason(lower):

@@ -55,17 +55,20 @@ def _full_rank_certificate(system: ConvSystem | None, options: RGAPOptions) -> f
     return bound if bound is not None and bound > options.rcond else None
 
 
-def _strategy(layer: RGAPLayer, want_rank: bool, options: RGAPOptions) -> Strategy:
+def _strategy(layer: RGAPLayer, want_rank: bool, options: RGAPOptions, rows_dropped: bool = False) -> Strategy:
     """auto: closed form for linear layers, PCG for convs; when a rank is wanted, the matrix-free probe where no
     null space is predicted, the dense path where one is (its basis feeds the joint solve, and PCG on such layers
-    can take thousands of iterations: CNN6's conv2 at 64x64) or under rank=exact (the reference)."""
+    can take thousands of iterations: CNN6's conv2 at 64x64) or under rank=exact (the reference). A layer that
+    dropped dead ReLU rows has no prediction (each dropped row can open a direction) and an inconsistent system
+    PCG does not settle (LeNet-5's conv1: 3000 iterations at residual 0.8 before the probe gave up): dense."""
     solver = options.solver
     if solver == "auto":
         if not layer.is_conv:
             return "direct-linear"
         if not want_rank:
             return "pcg"
-        return "krylov" if options.rank == "auto" and layer.predicted_deficiency() == 0 else "dense"
+        probe = options.rank == "auto" and layer.predicted_deficiency() == 0 and not rows_dropped
+        return "krylov" if probe else "dense"
     if solver == "iterative":
         return "pcg" if layer.is_conv else "direct-linear"
     if solver == "dense":
@@ -102,7 +105,8 @@ def plan_layer(
     certificate = _full_rank_certificate(system, options)
     if certificate is not None:
         want_rank = False  # proven full rank (at any size): nothing to measure
-    strategy = _strategy(layer, want_rank, options)
+    rows_dropped = system is not None and system.alive is not None and not bool(system.alive.all())
+    strategy = _strategy(layer, want_rank, options, rows_dropped)
     auto = options.rank == "auto" and options.solver == "auto"
     if strategy == "dense" and auto and not _fits_in_memory(layer, dtype):
         want_rank, strategy = False, "pcg"

@@ -13,14 +13,10 @@ Any further argument is a Hydra override of the sweep. The numbers in benchmarks
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import pandas as pd
 from scipy.stats import spearmanr
 
-from rgap_bench.report import write_report
-from rgap_bench.report.preset import default_sweep_dir, run_preset
+from rgap_bench.report.preset import preset_script
 
 
 def correlations(jobs: pd.DataFrame) -> list[str]:
@@ -36,18 +32,7 @@ def correlations(jobs: pd.DataFrame) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=2, help="photos per variant: data.index=0,...,images-1")
-    parser.add_argument("--threads", type=int, default=0, help="threads per job (0: the launcher's default)")
-    parser.add_argument("--sweep-dir", type=Path, default=None, help="default: outputs/benchmarks/rank_study_<time>")
-    parser.add_argument("--report", type=Path, default=None, metavar="DIR", help="only report the sweep in DIR")
-    args, overrides = parser.parse_known_args()
-    if args.report is not None:
-        report = write_report(args.report)
-    else:
-        sweep_dir = args.sweep_dir or default_sweep_dir("rank_study")
-        indices = ",".join(str(i) for i in range(args.images))
-        report = run_preset("rank_study", [f"data.index={indices}", *overrides], sweep_dir, args.threads)
+    report = preset_script("rank_study", __doc__, "images", 2, "photos per variant: data.index=0,...,images-1")
     print(report.files["markdown"].read_text())
     print("\n".join(correlations(report.jobs)))
     print(f"report: {report.files['html']}")

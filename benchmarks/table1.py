@@ -14,26 +14,11 @@ setting before it ran through the preset.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from rgap_bench.report import write_report
-from rgap_bench.report.preset import default_sweep_dir, run_preset
+from rgap_bench.report.preset import preset_script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=10, help="images per model: data.index=0,...,n-1 (default 10)")
-    parser.add_argument("--threads", type=int, default=0, help="threads per job (0: the launcher's default)")
-    parser.add_argument("--sweep-dir", type=Path, default=None, help="default: outputs/benchmarks/table1_<time>")
-    parser.add_argument("--report", type=Path, default=None, metavar="DIR", help="only report the sweep in DIR")
-    args, overrides = parser.parse_known_args()
-    if args.report is not None:
-        report = write_report(args.report)
-    else:
-        sweep_dir = args.sweep_dir or default_sweep_dir("table1")
-        indices = ",".join(str(i) for i in range(args.n))
-        report = run_preset("table1", [f"data.index={indices}", *overrides], sweep_dir, args.threads)
+    report = preset_script("table1", __doc__, "n", 10, "images per model: data.index=0,...,n-1 (default 10)")
     print(report.files["markdown"].read_text())
     print(f"report: {report.files['html']}")
 

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rgap_bench.logging import write_json
+from rgap_bench.logging.files import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +45,12 @@ def is_terminal(metrics: dict[str, Any]) -> bool:
     return status == "ok" or (status == "failed" and metrics.get("attack_status") == "unsupported")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def completed_result(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     """The job's `metrics.json` when it is complete for this very config, else None (the job must run)."""
-    metrics = _read_json(run_dir / METRICS_FILE)
+    metrics = read_json_object(run_dir / METRICS_FILE)
     if metrics is None or not is_terminal(metrics):
         return None
-    job = _read_json(run_dir / JOB_FILE) or {}
+    job = read_json_object(run_dir / JOB_FILE) or {}
     if job.get("config_digest") != config_digest(cfg):
         log.warning("resume: %s holds a result of another config; rerunning the job", run_dir)
         return None

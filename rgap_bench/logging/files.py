@@ -72,6 +72,16 @@ def write_json(path: Path, obj: Any) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object written by a job (metrics.json, job.json, rank.json), or None when the file is missing, cut
+    short (a job killed before its atomic rename leaves no file, an older writer may have) or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _as_image(x: Tensor) -> tuple[np.ndarray, str | None]:
     x = x.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0)
     if x.shape[0] == 1:

@@ -7,25 +7,18 @@ job that failed before it measured anything still says what it was; the swept ke
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from rgap_bench.logging.files import read_json_object
+
 # overrides that select how a sweep runs, not what a job computes
 NOT_SWEPT = ("experiment", "resume", "logger", "hydra")
 SCORES = ("psnr", "ssim", "mse", "label_acc", "attack_time_s")
 COLUMNS = ("job", "model", "attack", "data", "batch_size", "sigma", "status", "attack_status", *SCORES)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _read_yaml(path: Path) -> Any:
@@ -81,8 +74,8 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     """One job: what it ran (config), what it varied (overrides), how it ended and what it measured."""
     config = _read_yaml(job_dir / ".hydra" / "config.yaml") or {}
     overrides = _read_yaml(job_dir / ".hydra" / "overrides.yaml") or []
-    metrics = _read_json(job_dir / "metrics.json")
-    rank = _read_json(job_dir / "rank.json") or {}
+    metrics = read_json_object(job_dir / "metrics.json")
+    rank = read_json_object(job_dir / "rank.json") or {}
     row: dict[str, Any] = {
         "job": job_dir.name,
         "model": (config.get("model") or {}).get("name"),

@@ -17,7 +17,7 @@ LAYER_COLUMNS = (
     ("padding_constraints", "pad eq"),
     ("rank", "rank"),
     ("rank_deficiency", "rank def"),
-    ("determined", "determined"),  # "-": rank not measured
+    ("determined", "determined"),  # "-": not decided (rank not measured, or below a layer left open)
     ("sigma_min_rel", "σmin/σmax"),
     ("residual_rel", "residual"),
     ("solver", "solver"),

@@ -16,6 +16,7 @@ from rgap_bench.attacks.dlg import DLG
 from rgap_bench.attacks.hgap import HGAP
 from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.data.digits import EmbeddedDigits
+from rgap_bench.errors import RGapBenchError
 from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.linalg.activations import Rectifier
 from rgap_bench.linalg.constraints import ConvGeometry
@@ -256,3 +257,14 @@ def test_a_pooled_relu_conv_left_deficient_by_its_dead_rows_says_so(photo_batch)
     conv1 = rec.layers[0]
     assert conv1.dead_rows_dropped > 0 and conv1.rank_deficiency > 0 and conv1.determined is False
     assert rec.status == "approximate"
+
+
+def test_a_relu_layer_dead_for_the_whole_input_stops_with_a_clear_message():
+    """All units of the first hidden layer dead (a bias far below every pre-activation): the layers below carry a zero
+    gradient, and R-GAP says so instead of failing on a division by zero."""
+    model = _mlp(12, (40, 20))
+    with torch.no_grad():
+        model.blocks[0].op.bias.fill_(-1e3)
+    batch = _digit(12, index=1000)
+    with pytest.raises(RGapBenchError, match="every ReLU output of layer 0"):
+        _attack(model, batch)

@@ -24,6 +24,7 @@ from rgap_bench.attacks.rgap.plan import plan_layer
 from rgap_bench.attacks.rgap.report import below_open, completed_below, layer_report
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
 from rgap_bench.attacks.rgap.start import HeadStart
+from rgap_bench.errors import RGapBenchError
 from rgap_bench.linalg.activations import PiecewiseLinear, Rectifier
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.types import LayerReport, Reconstruction
@@ -59,6 +60,12 @@ def _error_and_rows(
     alive = None
     if isinstance(layer.act, Rectifier):
         alive = _live_outputs(layer, x, back_k, options)
+        if not bool(alive.any()):
+            raise RGapBenchError(
+                f"every ReLU output of layer {layer.index} ({layer.name}) is dead for this input: its weight rows are "
+                "gone and the gradient of every layer below is zero, so nothing below it can be recovered; the "
+                "input is hidden by the model, not by the attack (attack=ig or attack=dlg see the same zero gradient)"
+            )
         z = torch.where(alive, layer.act.inverse(x), 0.0)
         k = back_k * alive
     else:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConvGeometry, conv_patch_index
 from rgap_bench.linalg.pooling import pooled_filters, pooled_geometry, upsample_error
+from rgap_bench.linalg.symbol import symbol_sigma_bounds
 
 
 def _inverse_norm(norm2: Tensor) -> Tensor:
@@ -200,6 +201,25 @@ class ConvSystem:
         lam_min = float(eig[0]) - h * w * torch.finfo(eig.dtype).eps * float(eig[-1])
         trace = c * float((kmat**2).sum()) + float(self.weight_diagonal().sum())
         return max(lam_min, 0.0) / trace if trace > 0 else None
+
+    def symbol_bound(self) -> float | None:
+        """A lower bound on lambda_min / lambda_max of the normal matrix from the weight rows alone, or None.
+
+        A^T A >= W^T D_w^2 W >= min(D_w^2) sigma_min(W)^2, and sigma_min(W) is bounded below by the Fourier symbol
+        when the conv is full in its polyphase form (`rgap_bench.linalg.symbol`); lambda_max is at most
+        |K|_F^2 + max(D_w^2) sigma_max(W)^2 (and the trace). None without weight rows, with dropped (dead) rows,
+        or when the symbol proves nothing."""
+        if self.z is None or (self.alive is not None and not bool(self.alive.all())):
+            return None
+        bounds = symbol_sigma_bounds(self.row_weight, self.row_geom)
+        d2 = self.weight_scale**2
+        if bounds is None or float(d2.min()) <= 0:
+            return None
+        low, high = bounds
+        c = self.geom.in_shape[0]
+        kmat2 = float((self.channel_matrix() ** 2).sum())
+        top = min(kmat2 + float(d2.max()) * high**2, c * kmat2 + float(self.weight_diagonal().sum()))
+        return float(d2.min()) * low**2 / top if top > 0 else None
 
     def weight_diagonal(self) -> Tensor:
         """Exact diagonal of W^T D_w^2 W, per interior input entry (C, H, W)."""

@@ -83,3 +83,22 @@ def test_cnn6_conv1_is_proven_by_its_symbol_and_the_dense_rank_agrees(make_updat
     conv1 = auto.layers[0]
     assert conv1.rank_method == "weight-row symbol bound" and "Fourier symbol" in conv1.note
     assert conv1.rank == exact.layers[0].rank == conv1.unknowns and exact.layers[0].solver.startswith("dense")
+
+
+def test_the_weight_row_start_solves_a_consistent_full_conv_and_pcg_keeps_the_least_squares_solution(
+    make_conv_system,
+):
+    from rgap_bench.linalg.operators import BlockJacobi
+    from rgap_bench.linalg.pcg import pcg
+
+    system, x = make_conv_system((3, 16, 16), 12, (4, 4), (2, 2), (2, 2))  # CNN6's conv1 geometry at 16x16
+    x0 = system.weight_row_start()
+    assert torch.allclose(x0, x, atol=1e-10)
+    system.z = system.z + 1e-3 * torch.randn(system.z.shape, dtype=DTYPE)  # inconsistent: the start is not the LS
+    start = system.weight_row_start()
+    cold = pcg(system.normal, system.normal_rhs(), BlockJacobi(system), tol=1e-12, max_iter=3000)
+    warm = pcg(system.normal, system.normal_rhs(), BlockJacobi(system), tol=1e-12, max_iter=3000, x0=start)
+    assert not torch.allclose(start, cold.x, atol=1e-6)
+    assert torch.allclose(warm.x, cold.x, atol=1e-9)
+    same, _ = make_conv_system((2, 7, 7), 8, (3, 3), (1, 1), (1, 1))  # 'same' padding: not a full conv
+    assert same.weight_row_start() is None

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConvGeometry, conv_patch_index
 from rgap_bench.linalg.pooling import pooled_filters, pooled_geometry, upsample_error
-from rgap_bench.linalg.symbol import symbol_sigma_bounds
+from rgap_bench.linalg.symbol import full_conv_solve, symbol_sigma_bounds
 
 
 def _inverse_norm(norm2: Tensor) -> Tensor:
@@ -220,6 +220,14 @@ class ConvSystem:
         kmat2 = float((self.channel_matrix() ** 2).sum())
         top = min(kmat2 + float(d2.max()) * high**2, c * kmat2 + float(self.weight_diagonal().sum()))
         return float(d2.min()) * low**2 / top if top > 0 else None
+
+    def weight_row_start(self) -> Tensor | None:
+        """A PCG warm start from the weight rows alone where they are a square full convolution (CNN6's conv1:
+        `symbol.full_conv_solve`), or None. Only a start: PCG still solves the full scaled system from it."""
+        if self.z is None or (self.alive is not None and not bool(self.alive.all())):
+            return None
+        x0 = full_conv_solve(self.row_weight, self.row_geom, self.z)
+        return x0 if x0 is not None and bool(torch.isfinite(x0).all()) else None
 
     def weight_diagonal(self) -> Tensor:
         """Exact diagonal of W^T D_w^2 W, per interior input entry (C, H, W)."""

@@ -66,3 +66,33 @@ def symbol_sigma_bounds(weight: Tensor, geom: ConvGeometry) -> tuple[float, floa
     entry = float(poly.abs().sum(dim=(2, 3)).max())  # |S(w)_{fc}| <= this at every frequency
     margin = 16 * eps * (th * tw + nh + nw + filters + channels) * math.sqrt(filters * channels) * entry
     return max(float(sv.min()) - margin, 0.0), float(sv.max()) + margin
+
+
+def _interior_index(size: int, stride: int, padding: int) -> tuple[Tensor, Tensor]:
+    """Per interior index i on one axis: its phase (i + p) mod s and its polyphase position (i + p) div s."""
+    q = torch.arange(size) + padding
+    return q % stride, q // stride
+
+
+def full_conv_solve(weight: Tensor, geom: ConvGeometry, z: Tensor) -> Tensor | None:
+    """x with conv(x, W) = z when z is consistent, by the circulant factorisation W = C E: u = C^-1 z per grid
+    frequency (one small solve each), x = E^T u (the interior entries of the polyphase grid). A warm start for
+    PCG on layers the symbol bound applies to (None elsewhere, or where the symbol is not square): on a clean
+    update PCG then only removes the float32 rounding of the update, under noise it still converges to the full
+    least-squares solution."""
+    c, h, w = geom.in_shape
+    (kh, kw), (sh, sw), (ph, pw) = geom.kernel, geom.stride, geom.padding
+    nh, nw = geom.out_hw
+    th, tw = _axis_phases(h, kh, sh, ph, nh), _axis_phases(w, kw, sw, pw, nw)
+    if th is None or tw is None or weight.shape[0] != c * sh * sw:
+        return None
+    poly = _polyphase_filter(weight, (sh, sw), (th, tw))
+    grid = torch.zeros(*poly.shape[:2], nh, nw, dtype=poly.dtype, device=poly.device)
+    grid[:, :, :th, :tw] = poly
+    symbol = (torch.fft.ifft2(grid) * (nh * nw)).permute(2, 3, 0, 1)  # (Nh, Nw, F, C')
+    rhs = torch.fft.fft2(z).permute(1, 2, 0)[..., None]  # (Nh, Nw, F, 1)
+    u = torch.fft.ifft2(torch.linalg.solve(symbol, rhs)[..., 0].permute(2, 0, 1)).real  # (C', Nh, Nw)
+    phase_h, pos_h = _interior_index(h, sh, ph)
+    phase_w, pos_w = _interior_index(w, sw, pw)
+    chan = torch.arange(c)[:, None, None] * (sh * sw) + phase_h[None, :, None] * sw + phase_w[None, None, :]
+    return u[chan, pos_h[None, :, None], pos_w[None, None, :]]

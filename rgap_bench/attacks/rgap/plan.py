@@ -4,8 +4,9 @@ attack.solver=auto (the default): the closed form for a linear layer, PCG for a 
 wanted (attack.rank: `exact` always; `auto` up to attack.rank_max_unknowns unknowns, or up to
 attack.null_max_unknowns when the counting bound predicts a null space the layer below can absorb) the matrix-free
 probe (`solvers.krylov`: PCG with a random probe, the dense path only as its fallback) under rank=auto where no
-null space is predicted, the dense factorisation otherwise; no rank is measured where the gradient rows alone
-prove the layer full rank (any size), nor where the dense matrices would not fit in free memory.
+null space is predicted, the dense factorisation otherwise; no rank is measured where a bound proves the layer
+full rank (any size): the gradient rows alone (a tall K), or the weight rows' Fourier symbol (a full conv in
+polyphase form, `rgap_bench.linalg.symbol`); nor where the dense matrices would not fit in free memory.
 """
 
 from __future__ import annotations

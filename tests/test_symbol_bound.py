@@ -102,3 +102,14 @@ def test_the_weight_row_start_solves_a_consistent_full_conv_and_pcg_keeps_the_le
     assert torch.allclose(warm.x, cold.x, atol=1e-9)
     same, _ = make_conv_system((2, 7, 7), 8, (3, 3), (1, 1), (1, 1))  # 'same' padding: not a full conv
     assert same.weight_row_start() is None
+
+
+def test_a_symbol_too_large_to_pay_is_not_evaluated(monkeypatch):
+    import rgap_bench.linalg.symbol as symbol
+
+    geom = ConvGeometry((3, 8, 8), (4, 4), (2, 2), (2, 2))
+    weight = torch.randn(12, 3, 4, 4, dtype=DTYPE)
+    z = F.conv2d(torch.randn(1, 3, 8, 8, dtype=DTYPE), weight, stride=2, padding=2)[0]
+    assert symbol.symbol_sigma_bounds(weight, geom) is not None and symbol.full_conv_solve(weight, geom, z) is not None
+    monkeypatch.setattr(symbol, "MAX_SYMBOL_WORK", 25 * 12**3 - 1)  # 5x5 grid frequencies, 12 x 12 symbols
+    assert symbol.symbol_sigma_bounds(weight, geom) is None and symbol.full_conv_solve(weight, geom, z) is None

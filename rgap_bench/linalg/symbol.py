@@ -21,6 +21,10 @@ from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConvGeometry
 
+# N_h N_w F C'^2: the symbol's SVDs (or solves) beyond this many multiply-adds cost more than they save; CNN6's conv1
+# at 32x32 is 5e5, the "wide" net's conv1 at 128x128 7e6
+MAX_SYMBOL_WORK = 5e8
+
 
 def _axis_phases(size: int, kernel: int, stride: int, padding: int, out: int) -> int | None:
     """Taps per phase T on one axis when every phase's support lies in [T-1, out-1], else None."""
@@ -53,10 +57,10 @@ def symbol_sigma_bounds(weight: Tensor, geom: ConvGeometry) -> tuple[float, floa
     tw = _axis_phases(w, kw, sw, pw, nw)
     if th is None or tw is None:
         return None
-    poly = _polyphase_filter(weight, (sh, sw), (th, tw))  # (F, C', Th, Tw)
-    filters, channels = poly.shape[:2]
-    if filters < channels:
+    filters, channels = weight.shape[0], weight.shape[1] * sh * sw
+    if filters < channels or nh * nw * filters * channels**2 > MAX_SYMBOL_WORK:
         return None
+    poly = _polyphase_filter(weight, (sh, sw), (th, tw))  # (F, C', Th, Tw)
     grid = torch.zeros(filters, channels, nh, nw, dtype=poly.dtype, device=poly.device)
     grid[:, :, :th, :tw] = poly
     # the symbol sum_t w_t e^{+i w t} at the grid frequencies (ifft2 up to the factor N_h N_w)
@@ -68,9 +72,9 @@ def symbol_sigma_bounds(weight: Tensor, geom: ConvGeometry) -> tuple[float, floa
     return max(float(sv.min()) - margin, 0.0), float(sv.max()) + margin
 
 
-def _interior_index(size: int, stride: int, padding: int) -> tuple[Tensor, Tensor]:
+def _interior_index(size: int, stride: int, padding: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Per interior index i on one axis: its phase (i + p) mod s and its polyphase position (i + p) div s."""
-    q = torch.arange(size) + padding
+    q = torch.arange(size, device=device) + padding
     return q % stride, q // stride
 
 
@@ -84,7 +88,7 @@ def full_conv_solve(weight: Tensor, geom: ConvGeometry, z: Tensor) -> Tensor | N
     (kh, kw), (sh, sw), (ph, pw) = geom.kernel, geom.stride, geom.padding
     nh, nw = geom.out_hw
     th, tw = _axis_phases(h, kh, sh, ph, nh), _axis_phases(w, kw, sw, pw, nw)
-    if th is None or tw is None or weight.shape[0] != c * sh * sw:
+    if th is None or tw is None or weight.shape[0] != c * sh * sw or nh * nw * (c * sh * sw) ** 3 > MAX_SYMBOL_WORK:
         return None
     poly = _polyphase_filter(weight, (sh, sw), (th, tw))
     grid = torch.zeros(*poly.shape[:2], nh, nw, dtype=poly.dtype, device=poly.device)
@@ -92,7 +96,11 @@ def full_conv_solve(weight: Tensor, geom: ConvGeometry, z: Tensor) -> Tensor | N
     symbol = (torch.fft.ifft2(grid) * (nh * nw)).permute(2, 3, 0, 1)  # (Nh, Nw, F, C')
     rhs = torch.fft.fft2(z).permute(1, 2, 0)[..., None]  # (Nh, Nw, F, 1)
     u = torch.fft.ifft2(torch.linalg.solve(symbol, rhs)[..., 0].permute(2, 0, 1)).real  # (C', Nh, Nw)
-    phase_h, pos_h = _interior_index(h, sh, ph)
-    phase_w, pos_w = _interior_index(w, sw, pw)
-    chan = torch.arange(c)[:, None, None] * (sh * sw) + phase_h[None, :, None] * sw + phase_w[None, None, :]
+    phase_h, pos_h = _interior_index(h, sh, ph, u.device)
+    phase_w, pos_w = _interior_index(w, sw, pw, u.device)
+    chan = (
+        torch.arange(c, device=u.device)[:, None, None] * (sh * sw)
+        + phase_h[None, :, None] * sw
+        + phase_w[None, None, :]
+    )
     return u[chan, pos_h[None, :, None], pos_w[None, None, :]]

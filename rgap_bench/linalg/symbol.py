@@ -26,14 +26,15 @@ from rgap_bench.linalg.constraints import ConvGeometry
 MAX_SYMBOL_WORK = 5e8
 
 
-def _axis_phases(size: int, kernel: int, stride: int, padding: int, out: int) -> int | None:
-    """Taps per phase T on one axis when every phase's support lies in [T-1, out-1], else None."""
-    taps = -(-kernel // stride)
+def _axis_full(size: int, kernel: int, stride: int, padding: int, out: int) -> list[bool]:
+    """Per phase on one axis: whether its support lies in [T-1, out-1], T = ceil((kernel - phase) / stride) its own
+    taps, so that its linear correlation equals the circular one on the out-long grid."""
+    full = []
     for phase in range(stride):
+        taps = max(-(-(kernel - phase) // stride), 1)
         js = [(i + padding) // stride for i in range(size) if (i + padding) % stride == phase]
-        if js and (min(js) < taps - 1 or max(js) > out - 1):
-            return None
-    return taps
+        full.append(not js or (min(js) >= taps - 1 and max(js) <= out - 1))
+    return full
 
 
 def _polyphase_filter(weight: Tensor, stride: tuple[int, int], taps: tuple[int, int]) -> Tensor:
@@ -45,30 +46,52 @@ def _polyphase_filter(weight: Tensor, stride: tuple[int, int], taps: tuple[int, 
     return padded.reshape(f, c, th, sh, tw, sw).permute(0, 1, 3, 5, 2, 4).reshape(f, c * sh * sw, th, tw)
 
 
-def symbol_sigma_bounds(weight: Tensor, geom: ConvGeometry) -> tuple[float, float] | None:
-    """(lower bound on sigma_min, upper bound on sigma_max) of the unscaled weight-row operator x -> conv(x, W),
-    or None when the conv is not full in its polyphase form or its symbol is wide (fewer filters than polyphase
-    channels: the bound cannot be positive). The rounding of the symbol's evaluation and of the SVD is subtracted
-    (added) with a generous margin, so the bounds are proofs."""
+def phase_channels(channels: int, stride: tuple[int, int], phases: list[tuple[int, int]]) -> Tensor:
+    """The polyphase channels (c * sh * sw + ph * sw + pw) of the given (row, column) phases, for every channel."""
+    sh, sw = stride
+    index = [c * sh * sw + a * sw + b for c in range(channels) for a, b in phases]
+    return torch.tensor(sorted(index), dtype=torch.long)
+
+
+def _symbol(weight: Tensor, geom: ConvGeometry, columns: Tensor | None, square: bool) -> tuple[Tensor, Tensor] | None:
+    """The symbol (Nh, Nw, F, C'') at the grid frequencies of the polyphase channels `columns` (None: all) and the
+    polyphase filter, or None when one of them is not full, the symbol is wide (square: not square), or too large."""
     _, h, w = geom.in_shape
     (kh, kw), (sh, sw), (ph, pw) = geom.kernel, geom.stride, geom.padding
     nh, nw = geom.out_hw
-    th = _axis_phases(h, kh, sh, ph, nh)
-    tw = _axis_phases(w, kw, sw, pw, nw)
-    if th is None or tw is None:
+    full_h, full_w = _axis_full(h, kh, sh, ph, nh), _axis_full(w, kw, sw, pw, nw)
+    full = torch.tensor([fh and fw for fh in full_h for fw in full_w]).repeat(weight.shape[1])  # per channel
+    columns = torch.arange(full.numel()) if columns is None else columns
+    filters, count = weight.shape[0], columns.numel()
+    too_large = nh * nw * filters * count**2 > MAX_SYMBOL_WORK
+    if not bool(full[columns].all()) or (filters != count if square else filters < count) or too_large:
         return None
-    filters, channels = weight.shape[0], weight.shape[1] * sh * sw
-    if filters < channels or nh * nw * filters * channels**2 > MAX_SYMBOL_WORK:
-        return None
-    poly = _polyphase_filter(weight, (sh, sw), (th, tw))  # (F, C', Th, Tw)
-    grid = torch.zeros(filters, channels, nh, nw, dtype=poly.dtype, device=poly.device)
-    grid[:, :, :th, :tw] = poly
+    taps = (-(-kh // sh), -(-kw // sw))
+    poly = _polyphase_filter(weight, (sh, sw), taps)[:, columns.to(weight.device)]  # (F, C'', Th, Tw)
+    grid = torch.zeros(filters, count, nh, nw, dtype=poly.dtype, device=poly.device)
+    grid[:, :, : taps[0], : taps[1]] = poly
     # the symbol sum_t w_t e^{+i w t} at the grid frequencies (ifft2 up to the factor N_h N_w)
-    symbol = torch.fft.ifft2(grid) * (nh * nw)  # (F, C', Nh, Nw)
-    sv = torch.linalg.svdvals(symbol.permute(2, 3, 0, 1))  # (Nh, Nw, min(F, C'))
+    return (torch.fft.ifft2(grid) * (nh * nw)).permute(2, 3, 0, 1), poly
+
+
+def symbol_sigma_bounds(
+    weight: Tensor, geom: ConvGeometry, columns: Tensor | None = None
+) -> tuple[float, float] | None:
+    """(lower bound on sigma_min, upper bound on sigma_max) of the unscaled weight-row operator x -> conv(x, W),
+    restricted to the input pixels of the polyphase channels `columns` (None: all), or None when one of those
+    phases is not full or the symbol is wide (fewer filters than columns: the bound cannot be positive). The
+    rounding of the symbol's evaluation and of the SVD is subtracted (added) with a generous margin, so the bounds
+    are proofs."""
+    found = _symbol(weight, geom, columns, square=False)
+    if found is None:
+        return None
+    symbol, poly = found
+    nh, nw, filters, count = symbol.shape
+    sv = torch.linalg.svdvals(symbol)  # (Nh, Nw, count)
     eps = torch.finfo(poly.dtype).eps
     entry = float(poly.abs().sum(dim=(2, 3)).max())  # |S(w)_{fc}| <= this at every frequency
-    margin = 16 * eps * (th * tw + nh + nw + filters + channels) * math.sqrt(filters * channels) * entry
+    taps = poly.shape[2] * poly.shape[3]
+    margin = 16 * eps * (taps + nh + nw + filters + count) * math.sqrt(filters * count) * entry
     return max(float(sv.min()) - margin, 0.0), float(sv.max()) + margin
 
 
@@ -84,16 +107,12 @@ def full_conv_solve(weight: Tensor, geom: ConvGeometry, z: Tensor) -> Tensor | N
     PCG on layers the symbol bound applies to (None elsewhere, or where the symbol is not square): on a clean
     update PCG then only removes the float32 rounding of the update, under noise it still converges to the full
     least-squares solution."""
-    c, h, w = geom.in_shape
-    (kh, kw), (sh, sw), (ph, pw) = geom.kernel, geom.stride, geom.padding
-    nh, nw = geom.out_hw
-    th, tw = _axis_phases(h, kh, sh, ph, nh), _axis_phases(w, kw, sw, pw, nw)
-    if th is None or tw is None or weight.shape[0] != c * sh * sw or nh * nw * (c * sh * sw) ** 3 > MAX_SYMBOL_WORK:
+    found = _symbol(weight, geom, None, square=True)
+    if found is None:
         return None
-    poly = _polyphase_filter(weight, (sh, sw), (th, tw))
-    grid = torch.zeros(*poly.shape[:2], nh, nw, dtype=poly.dtype, device=poly.device)
-    grid[:, :, :th, :tw] = poly
-    symbol = (torch.fft.ifft2(grid) * (nh * nw)).permute(2, 3, 0, 1)  # (Nh, Nw, F, C')
+    symbol, _ = found
+    c, h, w = geom.in_shape
+    (sh, sw), (ph, pw) = geom.stride, geom.padding
     rhs = torch.fft.fft2(z).permute(1, 2, 0)[..., None]  # (Nh, Nw, F, 1)
     u = torch.fft.ifft2(torch.linalg.solve(symbol, rhs)[..., 0].permute(2, 0, 1)).real  # (C', Nh, Nw)
     phase_h, pos_h = _interior_index(h, sh, ph, u.device)

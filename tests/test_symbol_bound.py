@@ -113,3 +113,13 @@ def test_a_symbol_too_large_to_pay_is_not_evaluated(monkeypatch):
     assert symbol.symbol_sigma_bounds(weight, geom) is not None and symbol.full_conv_solve(weight, geom, z) is not None
     monkeypatch.setattr(symbol, "MAX_SYMBOL_WORK", 25 * 12**3 - 1)  # 5x5 grid frequencies, 12 x 12 symbols
     assert symbol.symbol_sigma_bounds(weight, geom) is None and symbol.full_conv_solve(weight, geom, z) is None
+
+
+def test_the_norm_bound_of_a_conv_full_in_every_phase_is_above_its_largest_singular_value():
+    from rgap_bench.linalg.symbol import symbol_norm_bound
+
+    geom = ConvGeometry((4, 9, 9), (3, 3), (2, 2), (1, 1))  # CNN6's conv2: each phase full by its own taps
+    weight = torch.randn(12, 4, 3, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(2))
+    top = float(torch.linalg.svdvals(dense_weight_rows(weight, geom))[0])
+    assert top <= symbol_norm_bound(weight, geom) <= 1.5 * top
+    assert symbol_norm_bound(weight, ConvGeometry((4, 9, 9), (3, 3), (1, 1), (1, 1))) is None  # 'same' padding

@@ -53,9 +53,10 @@ def phase_channels(channels: int, stride: tuple[int, int], phases: list[tuple[in
     return torch.tensor(sorted(index), dtype=torch.long)
 
 
-def _symbol(weight: Tensor, geom: ConvGeometry, columns: Tensor | None, square: bool) -> tuple[Tensor, Tensor] | None:
+def _symbol(weight: Tensor, geom: ConvGeometry, columns: Tensor | None, shape: str) -> tuple[Tensor, Tensor] | None:
     """The symbol (Nh, Nw, F, C'') at the grid frequencies of the polyphase channels `columns` (None: all) and the
-    polyphase filter, or None when one of them is not full, the symbol is wide (square: not square), or too large."""
+    polyphase filter, or None when one of them is not full, the symbol is not of `shape` ("tall": at least as many
+    filters as columns, "square", "any"), or too large."""
     _, h, w = geom.in_shape
     (kh, kw), (sh, sw), (ph, pw) = geom.kernel, geom.stride, geom.padding
     nh, nw = geom.out_hw
@@ -64,7 +65,8 @@ def _symbol(weight: Tensor, geom: ConvGeometry, columns: Tensor | None, square: 
     columns = torch.arange(full.numel()) if columns is None else columns
     filters, count = weight.shape[0], columns.numel()
     too_large = nh * nw * filters * count**2 > MAX_SYMBOL_WORK
-    if not bool(full[columns].all()) or (filters != count if square else filters < count) or too_large:
+    fits = {"tall": filters >= count, "square": filters == count, "any": True}[shape]
+    if not bool(full[columns].all()) or not fits or too_large:
         return None
     taps = (-(-kh // sh), -(-kw // sw))
     poly = _polyphase_filter(weight, (sh, sw), taps)[:, columns.to(weight.device)]  # (F, C'', Th, Tw)
@@ -82,7 +84,7 @@ def symbol_sigma_bounds(
     phases is not full or the symbol is wide (fewer filters than columns: the bound cannot be positive). The
     rounding of the symbol's evaluation and of the SVD is subtracted (added) with a generous margin, so the bounds
     are proofs."""
-    found = _symbol(weight, geom, columns, square=False)
+    found = _symbol(weight, geom, columns, "tall")
     if found is None:
         return None
     symbol, poly = found
@@ -93,6 +95,18 @@ def symbol_sigma_bounds(
     taps = poly.shape[2] * poly.shape[3]
     margin = 16 * eps * (taps + nh + nw + filters + count) * math.sqrt(filters * count) * entry
     return max(float(sv.min()) - margin, 0.0), float(sv.max()) + margin
+
+
+def symbol_norm_bound(weight: Tensor, geom: ConvGeometry) -> float | None:
+    """An upper bound on |W|_2 for a conv that is full in every phase (W = C E, |W| <= |C| = the largest singular
+    value of its symbol over the grid), or None."""
+    found = _symbol(weight, geom, None, "any")
+    if found is None:
+        return None
+    symbol, poly = found
+    entry = float(poly.abs().sum(dim=(2, 3)).max())
+    margin = 16 * torch.finfo(poly.dtype).eps * (sum(symbol.shape)) * math.sqrt(symbol.shape[2] * symbol.shape[3])
+    return float(torch.linalg.matrix_norm(symbol, ord=2).max()) + margin * entry
 
 
 def _interior_index(size: int, stride: int, padding: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -107,7 +121,7 @@ def full_conv_solve(weight: Tensor, geom: ConvGeometry, z: Tensor) -> Tensor | N
     PCG on layers the symbol bound applies to (None elsewhere, or where the symbol is not square): on a clean
     update PCG then only removes the float32 rounding of the update, under noise it still converges to the full
     least-squares solution."""
-    found = _symbol(weight, geom, None, square=True)
+    found = _symbol(weight, geom, None, "square")
     if found is None:
         return None
     symbol, _ = found

@@ -5,8 +5,9 @@ wanted (attack.rank: `exact` always; `auto` up to attack.rank_max_unknowns unkno
 attack.null_max_unknowns when the counting bound predicts a null space the layer below can absorb) the matrix-free
 probe (`solvers.krylov`: PCG with a random probe, the dense path only as its fallback) under rank=auto where no
 null space is predicted, the dense factorisation otherwise; no rank is measured where a bound proves the layer
-full rank (any size): the gradient rows alone (a tall K), or the weight rows' Fourier symbol (a full conv in
-polyphase form, `rgap_bench.linalg.symbol`); nor where the dense matrices would not fit in free memory.
+full rank (any size): the gradient rows alone (a tall K), the weight rows' Fourier symbol (a full conv in
+polyphase form, `rgap_bench.linalg.symbol`), or the two split by pixel phase (`rgap_bench.linalg.split_bound`); nor
+where the dense matrices would not fit in free memory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rgap_bench.attacks.rgap.layers import RGAPLayer
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import dense_memory
+from rgap_bench.linalg.split_bound import phase_split_bound
 
 Strategy = Literal["direct-linear", "pcg", "krylov", "dense", "explicit-dense", "explicit-sparse", "lstsq"]
 
@@ -50,14 +52,17 @@ def _null_expected(layer: RGAPLayer, options: RGAPOptions) -> bool:
 
 def _full_rank_certificate(system: ConvSystem | None, options: RGAPOptions) -> tuple[float, str] | None:
     """rank=auto: a proven lower bound on sigma_min^2 / sigma_max^2 that clears attack.rcond (the dense path's
-    threshold) and what proved it: the gradient rows alone (a tall K), else the weight rows' Fourier symbol (a full
-    conv in polyphase form: CNN6's conv1); None when neither does."""
+    threshold) and what proved it: the gradient rows alone (a tall K), the weight rows' Fourier symbol (a full conv
+    in polyphase form: CNN6's conv1), or both split by pixel phase (`linalg.split_bound`: CNN6's conv2); None when
+    none does."""
     if system is None or options.rank != "auto":
         return None
-    for bound, proof in (
+    proofs = (
         (system.full_rank_bound, "gradient-row bound"),
         (system.symbol_bound, "weight-row symbol bound"),
-    ):
+        (lambda: phase_split_bound(system), "phase-split bound"),
+    )
+    for bound, proof in proofs:
         value = bound()
         if value is not None and value > options.rcond:
             return value, proof

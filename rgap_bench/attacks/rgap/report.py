@@ -116,7 +116,10 @@ def layer_report(
     deficiency = None if rank is None else n - rank
     note = solve.note
     if proven:
-        by = "the gradient rows alone" if plan.proof == "gradient-row bound" else "the weight rows' Fourier symbol"
+        by = {
+            "gradient-row bound": "the gradient rows alone",
+            "weight-row symbol bound": "the weight rows' Fourier symbol",
+        }.get(plan.proof, "the gradient rows and, on the pixel phases they leave open, the weight rows' symbol")
         note = f"full rank, proven by {by} (sigma_min/sigma_max >= {plan.certificate**0.5:.1e})"
     if deficiency:
         note = f"rank-deficient: {deficiency} input directions are not determined"

@@ -21,6 +21,8 @@ import torch
 
 from rgap_bench.linalg.symbol import phase_channels, symbol_norm_bound, symbol_sigma_bounds
 
+MAX_PHASE_PIXELS = 2048  # a determined phase block's eigenvalues beyond this many pixels cost more than they save
+
 
 def _pixel_phases(size: int, stride: int, padding: int) -> torch.Tensor:
     return (torch.arange(size) + padding) % stride
@@ -44,10 +46,14 @@ def phase_split_bound(system) -> float | None:
         block = kmat[row_phase.to(kmat.device) == phase][:, col_phase.to(kmat.device) == phase]
         if block.shape[1] == 0:
             continue
-        eig = torch.linalg.eigvalsh(block.T @ block)  # the eigensolver's backward error taken off (added on)
-        slack = block.shape[1] * eps * float(eig[-1])
-        top_p = max(top_p, float(eig[-1]) + slack)  # P's largest eigenvalue is its largest block's
-        low = float(eig[0]) - slack if block.shape[0] >= block.shape[1] else 0.0  # a wide block leaves it open
+        if block.shape[0] < block.shape[1]:  # a wide block leaves its phase open; |block|_F^2 bounds its top
+            top_p, low = max(top_p, float((block**2).sum())), 0.0
+        elif block.shape[1] > MAX_PHASE_PIXELS:
+            return None
+        else:
+            eig = torch.linalg.eigvalsh(block.T @ block)  # the eigensolver's backward error taken off (added on)
+            slack = block.shape[1] * eps * float(eig[-1])
+            top_p, low = max(top_p, float(eig[-1]) + slack), float(eig[0]) - slack
         if low > 0:
             alpha = min(alpha, low)
         else:

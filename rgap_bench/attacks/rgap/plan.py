@@ -116,7 +116,7 @@ def plan_layer(
         and not determined_by_gradient
         and (n <= options.rank_max_unknowns or _null_expected(layer, options))
     )
-    proven = _full_rank_certificate(system, options)
+    proven = _full_rank_certificate(system, options)  # (recursion runs a small layer on one CPU thread)
     certificate, proof = proven if proven is not None else (None, "")
     if certificate is not None:
         want_rank = False  # proven full rank (at any size): nothing to measure

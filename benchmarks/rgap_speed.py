@@ -43,6 +43,9 @@ CASES = {
     "cnn6-64": ("cnn6", 64, 3, "float64", False),
     # the default rank=auto: conv2 (13068 unknowns, 72 predicted free directions) goes dense, solved with conv1
     "cnn6-64-joint": ("cnn6", 64, 3, "float64", False, {"rank": "auto"}),
+    # rank=auto on a conv of 9216 unknowns with 1704 predicted null directions (9x32x32 -> 24 filters, k3 s2 p1),
+    # solved jointly with the conv below it (3x32x32 -> 9 filters, k3 s1 p1: 9216 weight rows for 3072 + 1704 unknowns)
+    "deficient-32-joint": ("deficient", 32, 3, "float64", False, {"rank": "auto"}),
     "cnn6-128": ("cnn6", 128, 3, "float64", False),
     "wide-128": ("wide", 128, 3, "float64", False),
     "fcn3": ("fcn3", 28, 1, "float64", True),
@@ -91,7 +94,11 @@ def build(model_name: str, size: int, channels: int, device: str = "cpu"):
     from rgap_bench.models.layers import LayerSpec
 
     torch.manual_seed(0)  # the weights are drawn on the host, so every device attacks the same model
-    if model_name in ("cnn6", "wide"):
+    if model_name == "deficient":  # the rank-deficient conv of issue 13 (see CASES)
+        specs = [LayerSpec("conv", 9, 3, 1, 1), LayerSpec("conv", 24, 3, 2, 1), LayerSpec("conv", 36, 3, 1, 1)]
+        model = build_from_specs("deficient", (3, size, size), [*specs, LayerSpec("linear", 1, activation="identity")])
+        data = EmbeddedPhotos(name="photos", image_size=size, channels=channels, index=0)
+    elif model_name in ("cnn6", "wide"):
         # "wide": a CNN6-like net whose layers stay over-determined at 128x128 (CNN6's conv2 does not).
         wide = [LayerSpec("conv", 12, 4, 2, 2), LayerSpec("conv", 64, 3, 2, 1), LayerSpec("conv", 64, 3, 1, 1)]
         head = [LayerSpec("linear", 1, activation="identity")]

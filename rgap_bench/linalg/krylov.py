@@ -2,8 +2,8 @@
 
 R-GAP needs, for a layer whose gradient rows alone do not prove full rank, the numerical rank of G = A^T A
 (eigenvalues above t = rcond * lambda_max) and, when it is deficient, an orthonormal basis of the undetermined
-directions. The dense path factorises G (24 n^2 bytes). Here p random vectors x0 are probed: PCG (the layer's own
-block-Jacobi preconditioner, all columns in one batched operator product) solves the consistent systems
+directions. The dense path factorises G (8 n^2 bytes, in place). Here p random vectors x0 are probed: PCG (the
+layer's own block-Jacobi preconditioner, all columns in one batched operator product) solves the consistent systems
 G y = G x0, so that e = x0 - y has G e = r, the PCG residual. Every eigen-direction of G with eigenvalue lambda
 keeps at most |r| / lambda of e, while a null direction keeps its whole share of x0 (PCG cannot change it: it
 never sees it in G x0). A Rayleigh-Ritz step on span(e_1..e_p) then separates the two: Ritz values at most t are

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import torch
 
 SMALL_LAYER_WORK = 2e7  # unknowns x taps per filter below which one CPU thread is fastest for PCG
-DENSE_MATRICES = 3  # n x n matrices alive at the dense path's peak: the normal matrix, its shifted copy, the factor
+# n x n matrices alive at the dense path's peak: on the host the normal matrix, factorised in place
+# (`rgap_bench.linalg.inplace_cholesky`); on a GPU the matrix, its shifted copy and the factor
+DENSE_MATRICES = {"cpu": 1, "cuda": 3}
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,10 @@ class DenseMemory:
         return self.free is None or self.need <= share * self.free
 
 
-def dense_bytes(n: int, dtype: torch.dtype) -> float:
+def dense_bytes(n: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
     """Peak bytes of a dense factorisation of an n x n normal matrix (`DENSE_MATRICES` of them at once)."""
-    return DENSE_MATRICES * float(n) * n * torch.empty((), dtype=dtype).element_size()
+    matrices = DENSE_MATRICES.get(torch.device(device).type, 3)
+    return matrices * float(n) * n * torch.empty((), dtype=dtype).element_size()
 
 
 def free_bytes(device: torch.device) -> float | None:
@@ -47,7 +50,7 @@ def free_bytes(device: torch.device) -> float | None:
 
 def dense_memory(n: int, dtype: torch.dtype, device: torch.device) -> DenseMemory:
     """What a dense factorisation of n unknowns needs against what `device` has free."""
-    return DenseMemory(dense_bytes(n, dtype), free_bytes(device))
+    return DenseMemory(dense_bytes(n, dtype, device), free_bytes(device))
 
 
 def solve_threads(device: torch.device, work: float) -> int | None:

@@ -22,6 +22,8 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from rgap_bench.linalg.inplace_cholesky import InPlaceCholesky
+
 
 def cholesky_solve(rhs: Tensor, chol: Tensor) -> Tensor:
     """(L L^T)^-1 rhs. On CPU through LAPACK's potrs (scipy): torch's cholesky_solve and solve_triangular take
@@ -39,15 +41,18 @@ class LowSpectrum:
     rank: int
     sigma_min_rel: float  # sqrt(lambda_min / lambda_max); 0 when rank-deficient
     null_basis: Tensor  # (n, n - rank) orthonormal columns, empty when full rank
+    in_place: InPlaceCholesky | None = None  # when the factor overwrote G (low_spectrum's `overwrite`)
 
-    def solve(self, rhs: Tensor, steps: int = 4, gram: Tensor | None = None) -> Tensor:
-        """Minimum-norm solution of G x = rhs: shifted solves refined against G, null directions projected out."""
+    def solve(self, rhs: Tensor, steps: int = 4, gram: Tensor | Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Minimum-norm solution of G x = rhs: shifted solves refined against G (the matrix or a function
+        applying it), null directions projected out."""
         vec = rhs.ndim == 1
         r = rhs[:, None] if vec else rhs
         x = self._project(cholesky_solve(r, self.chol))
         if gram is not None:
+            apply = gram.__matmul__ if isinstance(gram, Tensor) else gram
             for _ in range(steps):
-                x = x + self._project(cholesky_solve(r - gram @ x, self.chol))
+                x = x + self._project(cholesky_solve(r - apply(x), self.chol))
         return x[:, 0] if vec else x
 
     def _project(self, x: Tensor) -> Tensor:
@@ -117,28 +122,38 @@ def low_spectrum(
     max_rounds: int = 8,
     seed: int = 0,
     top: float | None = None,
+    overwrite: bool = False,
 ) -> LowSpectrum:
     """Rank (eigenvalues above rcond * lambda_max), sigma_min and null basis of a symmetric PSD matrix.
 
     `null_hint` (e.g. the counting bound's deficiency) sizes the first block; a block found entirely null is
     doubled, keeping the vectors already iterated. `top`: lambda_max when the caller has it (else estimated here).
+    `overwrite` (host tensors): factorise `gram` in place (`InPlaceCholesky`), so one n x n array is alive instead
+    of three; `gram` then holds the factor, and the caller must not use it as G afterwards.
     """
     n = gram.shape[0]
     top = largest_eigenvalue(gram, seed=seed) if top is None else top
     if top <= 0.0:
         eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
         return LowSpectrum(0.0, 1.0, eye, 0, 0.0, eye)
+    in_place = InPlaceCholesky(gram) if overwrite and gram.device.type == "cpu" else None
     shift = rcond * top
     for _ in range(6):
-        shifted = gram.clone()  # no identity matrix: at n = 13068 each n x n copy is 1.4 GB
-        shifted.diagonal().add_(shift)
-        chol, info = torch.linalg.cholesky_ex(shifted)
-        del shifted
-        if int(info) == 0:
+        if in_place is not None:
+            ok = in_place.factor(shift)
+            chol = in_place.chol
+        else:
+            shifted = gram.clone()  # no identity matrix: at n = 13068 each n x n copy is 1.4 GB
+            shifted.diagonal().add_(shift)
+            chol, info = torch.linalg.cholesky_ex(shifted)
+            del shifted
+            ok = int(info) == 0
+        if ok:
             break
         shift *= 10.0  # rounding made G + s I indefinite: a larger shift, still far below the spectrum's bulk
     else:
         raise RuntimeError(f"Cholesky of the shifted {n}x{n} normal matrix failed; the matrix is not PSD")
+    gram_times = gram.__matmul__ if in_place is None else in_place.gram_times
     gen = torch.Generator(device=gram.device).manual_seed(seed)
     threshold = rcond * top
     basis = gram.new_zeros((n, 0))
@@ -148,7 +163,7 @@ def low_spectrum(
         basis = torch.cat([basis, fresh], dim=1)
         for _ in range(iterations):
             basis = torch.linalg.qr(cholesky_solve(basis, chol)).Q
-        ritz, vectors = torch.linalg.eigh(basis.T @ gram @ basis)
+        ritz, vectors = torch.linalg.eigh(basis.T @ gram_times(basis))
         small = ritz <= threshold
         max_rounds -= 1
         if int(small.sum()) < size or size == n or max_rounds == 0:
@@ -157,7 +172,7 @@ def low_spectrum(
     null = basis @ vectors[:, small]
     rank = n - int(small.sum())
     sigma_min = (max(float(ritz[0]), 0.0) / top) ** 0.5 if rank == n else 0.0
-    return LowSpectrum(top, shift, chol, rank, sigma_min, null)
+    return LowSpectrum(top, shift, chol, rank, sigma_min, null, in_place)
 
 
 @dataclass
@@ -178,28 +193,47 @@ def factor_normal(
     null_hint: int = 0,
     refine_steps: int = 4,
     top: float | None = None,
+    overwrite: bool = False,
 ) -> NormalFactor:
     """Plain Cholesky when no rank is wanted (and it succeeds); otherwise one shifted Cholesky that also yields the
     rank and the null space, plus an unshifted one when the matrix is full rank but close to the threshold.
-    `top`: lambda_max of `gram` when the caller has it (e.g. from a matrix-free operator)."""
+    `top`: lambda_max of `gram` when the caller has it (e.g. from a matrix-free operator). `overwrite` (host
+    tensors): every factor is written over `gram` (`InPlaceCholesky`: one n x n array at the peak, not three)."""
 
     def cholesky_solver(chol: Tensor) -> Callable[[Tensor], Tensor]:
         return lambda r: cholesky_solve(r[:, None], chol)[:, 0] if r.ndim == 1 else cholesky_solve(r, chol)
 
+    overwrite = overwrite and gram.device.type == "cpu"
     if not want_rank:
-        chol, info = torch.linalg.cholesky_ex(gram)
-        if int(info) == 0:
-            return NormalFactor(cholesky_solver(chol), None, None, "dense-cholesky", None)
-    spectrum = low_spectrum(gram, rcond, null_hint=null_hint, top=top)
+        if overwrite:
+            plain = InPlaceCholesky(gram)
+            if plain.factor(0.0):
+                return NormalFactor(cholesky_solver(plain.chol), None, None, "dense-cholesky", None)
+        else:
+            chol, info = torch.linalg.cholesky_ex(gram)
+            if int(info) == 0:
+                return NormalFactor(cholesky_solver(chol), None, None, "dense-cholesky", None)
+    spectrum = low_spectrum(gram, rcond, null_hint=null_hint, top=top, overwrite=overwrite)
     full = spectrum.rank == gram.shape[0]
     if full and spectrum.sigma_min_rel**2 < 1e3 * spectrum.shift / spectrum.top:
         # The shifted factor would converge slowly this close to the threshold: factorise G itself.
-        chol, info = torch.linalg.cholesky_ex(gram)
-        if int(info) == 0:
-            return NormalFactor(cholesky_solver(chol), spectrum.rank, spectrum.sigma_min_rel, "dense-cholesky", None)
+        if spectrum.in_place is not None:
+            if spectrum.in_place.factor(0.0):
+                chol = spectrum.in_place.chol
+                return NormalFactor(
+                    cholesky_solver(chol), spectrum.rank, spectrum.sigma_min_rel, "dense-cholesky", None
+                )
+            spectrum.in_place.factor(spectrum.shift)  # G itself failed: back to the shifted factor
+        else:
+            chol, info = torch.linalg.cholesky_ex(gram)
+            if int(info) == 0:
+                return NormalFactor(
+                    cholesky_solver(chol), spectrum.rank, spectrum.sigma_min_rel, "dense-cholesky", None
+                )
     label = "dense-shifted-cholesky" + ("" if full else "-pinv")  # refined against G in every solve
+    product = gram if spectrum.in_place is None else spectrum.in_place.gram_times
 
     def solve(r: Tensor) -> Tensor:
-        return spectrum.solve(r, steps=refine_steps, gram=gram)
+        return spectrum.solve(r, steps=refine_steps, gram=product)
 
     return NormalFactor(solve, spectrum.rank, spectrum.sigma_min_rel, label, None if full else spectrum.null_basis)

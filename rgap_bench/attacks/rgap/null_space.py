@@ -120,7 +120,7 @@ def joint_rank(joint: _ConvJoint, x_upper: Tensor, rcond: float) -> tuple[int | 
     wq = torch.stack([system.weight_rows_adjoint(col.reshape(joint.out_shape)).reshape(-1) for col in q.T], dim=1)
     gram = system.dense_normal().reshape(n, n)
     gram.addmm_(wq, wq.T, alpha=-1.0)
-    spectrum = low_spectrum(gram, rcond)
+    spectrum = low_spectrum(gram, rcond, overwrite=True)  # factorised in place: one n x n array
     return spectrum.rank + q.shape[1], spectrum.null_basis
 
 

@@ -20,8 +20,9 @@ class RGAPOptions:
     rank: str = "auto"  # auto | exact | off: numerical rank of each layer's system
     # auto: dense exact rank up to this many unknowns; any size when the gradient rows alone prove full rank
     rank_max_unknowns: int = 6000
-    # auto: also up to this many when the counting bound predicts a null space; the dense path holds three n x n
-    # matrices (24 n^2 bytes in float64: 6.1 GB at 16000) and falls back to PCG when they would not fit in free memory
+    # auto: also up to this many when the counting bound predicts a null space; the dense path holds one n x n
+    # matrix, factorised in place (8 n^2 bytes in float64: 2.0 GB at 16000), and falls back to PCG when it would not
+    # fit in free memory
     null_max_unknowns: int = 16000
     refine_steps: int = 2  # iterative-refinement steps after the normal-equation solve
     scale_rows: bool = True  # normalise each constraint row (every solve, the joint one too); else gradient rows drown

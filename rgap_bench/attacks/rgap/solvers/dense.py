@@ -36,8 +36,9 @@ def solve_dense(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) ->
     # no refinement against the dense matrix itself: the steps below refine against the operator, and each
     # product with an n x n matrix is a full read of it (1.4 GB at n = 13068)
     top = operator_top(system) if plan.want_rank else None
+    # factorised in place: the normal matrix itself is not needed again (one n x n array at the peak)
     factor = factor_normal(
-        system.dense_normal(), options.rcond, plan.want_rank, plan.null_hint, refine_steps=0, top=top
+        system.dense_normal(), options.rcond, plan.want_rank, plan.null_hint, refine_steps=0, top=top, overwrite=True
     )
     rhs = system.normal_rhs()
     x = factor.solve(rhs.reshape(-1)).reshape(shape)

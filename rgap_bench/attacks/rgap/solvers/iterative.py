@@ -36,8 +36,9 @@ def solve_pcg(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> L
             "layer %d: PCG stopped at relative normal residual %.1e after %d iterations (attack.max_iter); "
             "the layer may be rank-deficient (check with python -m rgap_bench.rank). To measure its rank and "
             "solve its null space jointly with the layer below, use attack.rank=auto with "
-            "attack.rank_max_unknowns >= %d (the dense path holds three %d x %d matrices: %.1f GB)",
-            layer.index, result.normal_residual_rel, result.iterations, n, n, n, dense_bytes(n, weight.dtype) / 1e9,
+            "attack.rank_max_unknowns >= %d (the dense path holds %d x %d matrices: %.1f GB)",
+            layer.index, result.normal_residual_rel, result.iterations, n, n, n,
+            dense_bytes(n, weight.dtype, weight.device) / 1e9,
         )  # fmt: skip
     x = result.x
     return LayerSolve(

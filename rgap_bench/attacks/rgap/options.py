@@ -31,6 +31,8 @@ class RGAPOptions:
     carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
     # refit the LeakyReLU derivatives whose sign noise leaves in doubt, then re-solve (a clean update has none)
     refit_pattern: bool = True
+    # keep the refit round whose solve has the smallest residual (else the last round; docs/noise.md)
+    refit_best: bool = True
     # none | gcv | discrepancy | auto: Tikhonov on each layer's least squares with lam from the data (docs/noise.md);
     # auto is the discrepancy principle when the noise std is known, else generalised cross-validation
     regularize: str = "none"
@@ -58,6 +60,8 @@ class RGAPOptions:
             raise ConfigError(
                 f"attack.image_prior_lam must be a finite number >= 0 or null, got {self.image_prior_lam}"
             )
+        if self.prior_layers < 0:
+            raise ConfigError(f"attack.prior_layers must be >= 0 (0: no layer gets the prior), got {self.prior_layers}")
         if self.noise_sigma is not None and not (math.isfinite(self.noise_sigma) and self.noise_sigma >= 0):
             raise ConfigError(f"attack.noise_sigma must be a finite number >= 0 or null, got {self.noise_sigma}")
         if self.solver not in SOLVERS:

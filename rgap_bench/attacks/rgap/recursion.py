@@ -137,7 +137,14 @@ def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, o
                    dtype: torch.dtype) -> tuple[Tensor, tuple]:  # fmt: skip
     """Refit the derivatives whose sign noise left in doubt (`pattern.settle_pattern`), noted in the report."""
     k, solved, fit = settle_pattern(
-        layer, back_k, z, lambda kk: _solve_layer(layer, kk, z, options, dtype), solved, lambda s: s[0], dtype
+        layer,
+        back_k,
+        z,
+        lambda kk: _solve_layer(layer, kk, z, options, dtype),
+        solved,
+        lambda s: s[0],
+        dtype,
+        score_of=(lambda s: s[1].residual_rel) if options.refit_best else None,
     )
     if fit.doubtful:
         note = f"activation pattern: {fit.doubtful} signs in doubt, {fit.changed} derivatives refitted"

@@ -31,7 +31,7 @@ class RGAPOptions:
     carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
     # refit the LeakyReLU derivatives whose sign noise leaves in doubt, then re-solve (a clean update has none)
     refit_pattern: bool = True
-    # keep the refit round whose solve has the smallest residual (else the last round; docs/noise.md)
+    # conv layers: keep the refit round whose solve fits the weight rows best (else the last round; docs/noise.md)
     refit_best: bool = True
     # none | gcv | discrepancy | auto: Tikhonov on each layer's least squares with lam from the data (docs/noise.md);
     # auto is the discrepancy principle when the noise std is known, else generalised cross-validation

@@ -144,7 +144,7 @@ def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, o
         solved,
         lambda s: s[0],
         dtype,
-        score_of=(lambda s: s[1].residual_rel) if options.refit_best else None,
+        keep_best=options.refit_best and layer.is_conv,  # linear layers: see docs/noise.md ("Best round")
     )
     if fit.doubtful:
         note = f"activation pattern: {fit.doubtful} signs in doubt, {fit.changed} derivatives refitted"

@@ -8,6 +8,11 @@ same process as the reference for the speed ratio. Prints a Markdown table and w
     python benchmarks/rgap_speed.py                  # all cases
     python benchmarks/rgap_speed.py --cases cnn6-32 fcn3 --repeats 5
     python benchmarks/rgap_speed.py --device cuda --case-timeout 240
+    python benchmarks/rgap_speed.py --cases cnn6-32-auto --repeats 5 --no-reference --baseline-rank off
+
+--clock cpu (with OMP_NUM_THREADS=1) times by CPU time instead, for a shared machine.
+--baseline-rank times another attack.rank in the same process, interleaved with the measured runs, and reports
+its median beside the case's: on a shared machine the ratio holds where absolute times do not.
 
 With --device cuda the model, the client's update and the attack all live on the GPU (the attack follows the
 model's weights), every timing is taken after torch.cuda.synchronize(), one untimed warm-up run comes first, and
@@ -32,7 +37,8 @@ CASES = {
     # name: (model, image size, channels, dtype, run the dense reference?)
     "cnn6-32": ("cnn6", 32, 3, "float64", True),
     "cnn6-32-f32": ("cnn6", 32, 3, "float32", True),
-    # the default rank=auto: conv1 and conv2 certified full rank by the matrix-free probe (solvers/krylov.py)
+    # the default rank=auto: conv1 proven full rank by its weight rows' Fourier symbol (linalg/symbol.py), conv2 by
+    # the matrix-free probe (solvers/krylov.py), conv3-6 by their gradient rows
     "cnn6-32-auto": ("cnn6", 32, 3, "float64", True, {"rank": "auto"}),
     "cnn6-64": ("cnn6", 64, 3, "float64", False),
     # the default rank=auto: conv2 (13068 unknowns, 72 predicted free directions) goes dense, solved with conv1
@@ -106,24 +112,34 @@ def build(model_name: str, size: int, channels: int, device: str = "cpu"):
     return model, batch, client.compute_update(batch)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = CLOCKS["wall"]  # --clock cpu: the process's CPU time (with one thread, the attack's own work on a busy host)
+
+
 def timed_attack(model, update, batch, device: str = "cpu", **kwargs) -> dict:
     from rgap_bench.attacks.rgap import RGAP
     from rgap_bench.metrics import reconstruction_metrics
 
     sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     rec = RGAP(**{"rank": "off", **kwargs})(model, update)
     sync(device)
-    elapsed = time.perf_counter() - start
+    elapsed = CLOCK() - start
     scores = reconstruction_metrics(rec.inputs, batch.inputs)
     return {
         "time_s": elapsed,
         "psnr": scores["psnr"],
-        "layers": [(r.layer, round(r.time_s, 4), r.iterations, r.solver) for r in rec.layers],
+        # (layer, seconds, PCG iterations, solver, what gave its rank verdict: "" where none was measured)
+        "layers": [
+            (r.layer, round(r.time_s, 4), r.iterations, r.solver, r.rank_method or ("" if r.rank is None else r.solver))
+            for r in rec.layers
+        ],
     }
 
 
-def run_case(name: str, solver: str, repeats: int, device: str = "cpu", reference: bool = True) -> dict:
+def run_case(
+    name: str, solver: str, repeats: int, device: str = "cpu", reference: bool = True, baseline: str | None = None
+) -> dict:
     import torch
 
     model_name, size, channels, dtype, with_reference, *extra = CASES[name]
@@ -146,9 +162,14 @@ def run_case(name: str, solver: str, repeats: int, device: str = "cpu", referenc
         torch.cuda.reset_peak_memory_stats()
         cuda_base = torch.cuda.memory_allocated() / 2**20
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    runs = [
-        timed_attack(model, update, batch, device=device, solver=solver, dtype=dtype, **options) for _ in range(repeats)
-    ]
+    runs, base_runs = [], []
+    for _ in range(repeats):  # the baseline (another attack.rank) interleaved, so that both see the same load
+        runs.append(timed_attack(model, update, batch, device=device, solver=solver, dtype=dtype, **options))
+        if baseline is not None:
+            base_options = {**options, "rank": baseline}
+            base_runs.append(
+                timed_attack(model, update, batch, device=device, solver=solver, dtype=dtype, **base_options)
+            )
     median = statistics.median(r["time_s"] for r in runs)
     closest = min(runs, key=lambda r: abs(r["time_s"] - median))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -165,6 +186,9 @@ def run_case(name: str, solver: str, repeats: int, device: str = "cpu", referenc
         "peak_rss_mb": peak_rss,
         "rss_before_attack_mb": base_rss,
     }
+    if base_runs:
+        base = statistics.median(r["time_s"] for r in base_runs)
+        out.update(baseline_rank=baseline, baseline_median_s=base, ratio_to_baseline=median / base)
     if device == "cuda":
         out.update(
             peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20,
@@ -181,13 +205,24 @@ def run_case(name: str, solver: str, repeats: int, device: str = "cpu", referenc
 
 
 def child_main(args: argparse.Namespace) -> None:
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
     from contextlib import nullcontext
 
     from rgap_bench.linalg.precision import conv_tf32
 
     mode = conv_tf32(args.tf32 == "on") if args.device == "cuda" and args.tf32 != "default" else nullcontext()
     with mode:
-        print(json.dumps(run_case(args.child, args.solver, args.repeats, args.device, not args.no_reference)))
+        out = run_case(args.child, args.solver, args.repeats, args.device, not args.no_reference, args.baseline_rank)
+        print(json.dumps(out))
+
+
+def layer_cell(layer: list) -> str:
+    """'0.123 (160) [weight-row symbol bound]': seconds, PCG iterations, what gave the rank verdict (older
+    results have no verdict field)."""
+    _, seconds, iterations, _, *verdict = layer
+    how = verdict[0] if verdict else ""
+    return f"{seconds:.3f}" + (f" ({iterations})" if iterations else "") + (f" [{how}]" if how else "")
 
 
 def markdown(rows: list[dict]) -> str:
@@ -203,7 +238,9 @@ def markdown(rows: list[dict]) -> str:
             cells = [r["case"], r["solver"], "", f"failed: {r['error'][:80]}"] + [""] * (columns - 4)
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        split = ", ".join(f"{t:.3f}" + (f" ({it})" if it else "") for _, t, it, _ in r["layers"])
+        split = ", ".join(layer_cell(layer) for layer in r["layers"])
+        if "baseline_median_s" in r:
+            split += f"; rank={r['baseline_rank']} in the same process: {r['baseline_median_s']:.3f} s"
         ref = (
             (f"{r['reference_s']:.2f}", f"{r['reference_psnr']:.1f}", f"{r['speedup']:.0f}x")
             if "reference_s" in r
@@ -251,6 +288,19 @@ def main() -> None:
         default="off",
         help="cuda: cuDNN TF32 for float32 convs in the client's update (the attack always runs IEEE float32)",
     )
+    parser.add_argument(
+        "--baseline-rank",
+        choices=("off", "auto", "exact"),
+        default=None,
+        help="also time this attack.rank in the same process, interleaved (the ratio survives a busy machine)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="cpu: time the attacks by the process's CPU time (run with OMP_NUM_THREADS=1 on a shared machine: "
+        "other jobs then cost no time; per-layer times stay wall-clock)",
+    )
     parser.add_argument("--case-timeout", type=float, default=None, help="seconds before a case is killed")
     parser.add_argument(
         "--out", type=Path, default=None, help="results path without suffix (default results/rgap_speed[_cuda])"
@@ -271,6 +321,8 @@ def main() -> None:
         repeats = 1 if expensive(case) else args.repeats
         cmd = [sys.executable, __file__, "--child", case, "--solver", args.solver, "--repeats", str(repeats)]
         cmd += ["--device", args.device, "--tf32", args.tf32] + (["--no-reference"] if args.no_reference else [])
+        cmd += ["--baseline-rank", args.baseline_rank] if args.baseline_rank else []
+        cmd += ["--clock", args.clock]
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)

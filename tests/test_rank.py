@@ -100,3 +100,25 @@ def test_cli_writes_rank_json(tmp_path):
     assert conv2["rank"] == counted.bound and conv2["deficiency"] == counted.predicted_deficiency > 0
     assert report["layers"][0]["method"] == "count (bound)" and report["ra_index"] > 0
     assert "RA index" in proc.stdout
+
+
+def test_the_logged_rank_table_and_summaries_share_a_namespace_without_colliding(tmp_path):
+    """W&B cannot hold a table under `rank` and values under `rank/...`: every key must be a leaf of its namespace."""
+    from rgap_bench.logging.base import NullLogger
+    from rgap_bench.rank.report import save_rank
+
+    class Recorder(NullLogger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.keys: list[str] = []
+
+        def _log_summary(self, metrics):
+            self.keys += list(metrics)
+
+        def _log_table(self, key, rows):
+            self.keys.append(key)
+
+    logger = Recorder()
+    save_rank(analyse_model(fcn3()), tmp_path, logger)
+    assert "rank/layers" in logger.keys and "rank/ra_index" in logger.keys
+    assert not any(other.startswith(key + "/") for key in logger.keys for other in logger.keys)

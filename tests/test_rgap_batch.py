@@ -212,3 +212,18 @@ def test_a_layer_narrower_than_the_batch_leaves_directions_undetermined_and_says
     first = result.layers[0]
     assert not result.combined and first.rank_deficiency > 0 and "input directions undetermined" in first.status_reason
     assert result.status == "approximate" and result.layers[-1].status == "exact"
+
+
+def test_an_aggregated_client_whose_update_diverged_is_named_before_its_defence(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    argv = ["rgap_bench", "model=fcn3", "model.outputs=8", "model.bias=true", "client.loss=cross_entropy"]
+    argv += ["data.image_size=8", "fl.num_clients=2", "fl.aggregate=true", "pretrain.epochs=1", "pretrain.lr=1e30"]
+    argv += ["defense=gaussian", "logger=none", "save_images=false", "print_summary=false"]
+    argv += [f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        main()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed"
+    assert "client 0's fedsgd update (fl.aggregate=true) contains NaN or Inf" in metrics["error"]
+    assert "lower pretrain.lr" in metrics["error"]

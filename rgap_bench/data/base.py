@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from rgap_bench.errors import ConfigError, RGapBenchError
+from rgap_bench.errors import ConfigError, DatasetFormatError, DatasetNotFoundError
 from rgap_bench.options import build_options
 from rgap_bench.types import PrivateBatch
 
@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 
 # ITU-R BT.601 luma weights, the convention of PIL's "L" mode and of torchvision's rgb_to_grayscale.
 LUMA_601 = (0.299, 0.587, 0.114)
-
-
-class DatasetNotFoundError(RGapBenchError, FileNotFoundError):
-    """A disk dataset's files are not where the config points; the message says what to put where."""
 
 
 def dataset_not_found(
@@ -50,10 +46,6 @@ def dataset_not_found(
         "and pass the directory with data.root=/path/to/dir. "
         "data=photos and data=digits work without any files."
     )
-
-
-class DatasetFormatError(RGapBenchError, ValueError):
-    """A disk dataset's file is there but unreadable (truncated, corrupt, or another format)."""
 
 
 def dataset_format_error(dataset: str, path: Path, problem: object, fix: str) -> DatasetFormatError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from rgap_bench.errors import ConfigError
 from rgap_bench.fl.data import FederatedDataModule
+from rgap_bench.fl.updates import check_finite
 from rgap_bench.types import ClientContext, ClientUpdate, PrivateBatch
 
 CLIENT_SEED_STRIDE = 1000  # client c's defence noise uses defense.seed + 1000 c: independent noise per client
@@ -85,14 +87,17 @@ def client_batches(federation: FederatedDataModule, seed: int) -> list[PrivateBa
 
 
 def aggregate_round(cfg: DictConfig, batches: list[PrivateBatch], federation: FederatedDataModule,
-                    model: nn.Module, device: torch.device) -> Aggregate:  # fmt: skip
+                    model: nn.Module, device: torch.device,
+                    divergence_hint: Callable[[ClientUpdate], str]) -> Aggregate:  # fmt: skip
     """Every client's update from its own Lightning client on a copy of the global model, its own defence
-    (independent noise), and the weighted mean of the defended updates."""
+    (independent noise), and the weighted mean of the defended updates. Each client's update is checked before
+    its defence, so a diverged client is named (with `divergence_hint`) instead of surfacing as a NaN mean."""
     targets, updates, reports, owners = [], [], [], []
     for c, batch in enumerate(batches):
         client = instantiate(cfg.client, model=copy.deepcopy(model)).to(device)
         labels = client.targets(batch)
         update = client.compute_update(batch, labels)
+        check_finite(update, f"client {c}'s {cfg.client.name} update (fl.aggregate=true)", divergence_hint(update))
         defense = instantiate(cfg.defense, seed=cfg.defense.seed + CLIENT_SEED_STRIDE * c)
         shard = len(federation.shard(c))
         update = defense(update, ClientContext(client.model, batch.inputs.to(device), labels, client.loss, shard))

@@ -106,7 +106,7 @@ def run_client_round(cfg: DictConfig, data: ImageSource, run_dir: Path, device: 
     client = instantiate(cfg.client, model=model).to(device)
     reports["pretrain"] = pretrain(model, cfg.pretrain, data, client.loss, batch.indices, run_dir, device, cfg.seed)
     if batches is not None:  # fl.aggregate: each client defends its own update; the server sees their mean
-        agg = aggregate_round(cfg, batches, federation, model, device)
+        agg = aggregate_round(cfg, batches, federation, model, device, lambda u: _divergence_hint(cfg, u))
         batch, targets, update, sample_clients = agg.batch, agg.targets, agg.update, agg.sample_clients
         report = {**agg.defense_reports[0], "clients": agg.defense_reports}
         reports["fl"]["sample_clients"] = sample_clients

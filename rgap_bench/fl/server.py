@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from rgap_bench.data.base import ImageSource
-from rgap_bench.errors import ConfigError
+from rgap_bench.errors import CheckpointError, ConfigError
 from rgap_bench.fl.data import loss_targets, make_loader
 from rgap_bench.fl.training import SupervisedModule, accuracy, fit
 from rgap_bench.logging import atomic_write
@@ -64,10 +64,6 @@ def pretrain_options(cfg: Any) -> PretrainOptions:
 def save_checkpoint(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     with atomic_write(path) as tmp:  # an interrupted save never leaves a truncated checkpoint to load next time
         torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that is missing, unreadable, or holds weights of another architecture."""
 
 
 def _load_problem(exc: BaseException) -> str:

@@ -56,7 +56,7 @@ def save_rank(report: RankReport, run_dir: Path, logger: RunLogger | None = None
     path = Path(run_dir) / "rank.json"
     write_json(path, report.as_dict())
     if logger is not None:
-        logger.log_table("rank", report.as_dict()["layers"])
+        logger.log_table("rank/layers", report.as_dict()["layers"])  # beside rank/ra_index, not over it
         logger.log_summary({"rank/ra_index": report.ra_index, "rank/input_undetermined": report.input_undetermined})
     return path
 

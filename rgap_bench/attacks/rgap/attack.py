@@ -16,6 +16,7 @@ from rgap_bench.attacks.metadata import check_batch_size, shared_labels
 from rgap_bench.attacks.rgap.batch import attack_batch
 from rgap_bench.attacks.rgap.layers import RGAPLayer, describe_op, read_layers
 from rgap_bench.attacks.rgap.options import RGAPOptions
+from rgap_bench.attacks.rgap.polish import polish, polish_reason
 from rgap_bench.attacks.rgap.recursion import recurse
 from rgap_bench.attacks.rgap.report import run_status
 from rgap_bench.attacks.rgap.softmax_head import label_candidates, softmax_starts
@@ -171,4 +172,6 @@ class RGAP:
         if len(candidates) > 1:
             keys = ("label", "u", "g_label", "mean_residual_rel", "range_violation")
             info["candidates"] = [{key: r.info[key] for key in keys if key in r.info} for r in candidates]
-        return dataclasses.replace(best, status=status, status_reason=reason, info=info)
+        best = dataclasses.replace(best, status=status, status_reason=reason, info=info)
+        why = polish_reason(best.layers, options.noise_sigma, options.tol) if options.polish == "auto" else None
+        return best if why is None else polish(model, update, best, options.polish_iterations, why)

@@ -46,6 +46,10 @@ class RGAPOptions:
     # ReLU: a reconstructed output within this fraction of the layer's largest |output| is a dead unit (its weight
     # row is dropped); exact solves leave 1e-10..1e-7 there in float64, up to ~1e-6 in float32, noise far more
     relu_dead_tol: float = 1e-5
+    # auto | off: on a noisy update whose layers are all uniquely solved, polish the closed-form answer by float64
+    # gradient matching (L-BFGS, polish_iterations evaluations) and keep it if it matches the update better (polish.py)
+    polish: str = "auto"
+    polish_iterations: int = 300
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float64", "float32"):
@@ -64,5 +68,9 @@ class RGAPOptions:
             raise ConfigError(f"attack.prior_layers must be >= 0 (0: no layer gets the prior), got {self.prior_layers}")
         if self.noise_sigma is not None and not (math.isfinite(self.noise_sigma) and self.noise_sigma >= 0):
             raise ConfigError(f"attack.noise_sigma must be a finite number >= 0 or null, got {self.noise_sigma}")
+        if self.polish not in ("auto", "off"):
+            raise ConfigError(f"attack.polish must be auto or off, got {self.polish!r}")
+        if self.polish_iterations < 1:
+            raise ConfigError(f"attack.polish_iterations must be >= 1, got {self.polish_iterations}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"attack.solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")

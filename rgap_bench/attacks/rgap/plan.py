@@ -4,8 +4,10 @@ attack.solver=auto (the default): the closed form for a linear layer, PCG for a 
 wanted (attack.rank: `exact` always; `auto` up to attack.rank_max_unknowns unknowns, or up to
 attack.null_max_unknowns when the counting bound predicts a null space the layer below can absorb) the matrix-free
 probe (`solvers.krylov`: PCG with a random probe, the dense path only as its fallback) under rank=auto where no
-null space is predicted, the dense factorisation otherwise; no rank is measured where the gradient rows alone
-prove the layer full rank (any size), nor where the dense matrices would not fit in free memory.
+null space is predicted, the dense factorisation otherwise; no rank is measured where a bound proves the layer
+full rank (any size): the gradient rows alone (a tall K), the weight rows' Fourier symbol (a full conv in
+polyphase form, `rgap_bench.linalg.symbol`), or the two split by pixel phase (`rgap_bench.linalg.split_bound`); nor
+where the dense matrices would not fit in free memory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rgap_bench.attacks.rgap.layers import RGAPLayer
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import dense_memory
+from rgap_bench.linalg.split_bound import phase_split_bound
 
 Strategy = Literal["direct-linear", "pcg", "krylov", "dense", "explicit-dense", "explicit-sparse", "lstsq"]
 
@@ -34,8 +37,9 @@ class LayerPlan:
     strategy: Strategy
     want_rank: bool  # measure the rank (and the null space) while solving
     known_rank: int | None = None  # full rank established without a factorisation (gradient rows)
-    certificate: float | None = None  # the gradient rows' lower bound on sigma_min^2 / sigma_max^2, when it proves it
+    certificate: float | None = None  # a proven lower bound on sigma_min^2 / sigma_max^2, when it proves full rank
     null_hint: int = 0  # the counting bound's deficiency (+ dead ReLU rows), which sizes the null-space search
+    proof: str = ""  # what proved it (`rank_method` in layers.json): "gradient-row bound" or "weight-row symbol bound"
 
 
 def _null_expected(layer: RGAPLayer, options: RGAPOptions) -> bool:
@@ -46,13 +50,23 @@ def _null_expected(layer: RGAPLayer, options: RGAPOptions) -> bool:
     return layer.predicted_deficiency() > 0
 
 
-def _full_rank_certificate(system: ConvSystem | None, options: RGAPOptions) -> float | None:
-    """rank=auto: the gradient rows' lower bound on sigma_min^2 / sigma_max^2 when it proves full rank at
-    attack.rcond (the dense path's threshold), else None."""
+def _full_rank_certificate(system: ConvSystem | None, options: RGAPOptions) -> tuple[float, str] | None:
+    """rank=auto: a proven lower bound on sigma_min^2 / sigma_max^2 that clears attack.rcond (the dense path's
+    threshold) and what proved it: the gradient rows alone (a tall K), the weight rows' Fourier symbol (a full conv
+    in polyphase form: CNN6's conv1), or both split by pixel phase (`linalg.split_bound`: CNN6's conv2); None when
+    none does."""
     if system is None or options.rank != "auto":
         return None
-    bound = system.full_rank_bound()
-    return bound if bound is not None and bound > options.rcond else None
+    proofs = (
+        (system.full_rank_bound, "gradient-row bound"),
+        (system.symbol_bound, "weight-row symbol bound"),
+        (lambda: phase_split_bound(system), "phase-split bound"),
+    )
+    for bound, proof in proofs:
+        value = bound()
+        if value is not None and value > options.rcond:
+            return value, proof
+    return None
 
 
 def _strategy(layer: RGAPLayer, want_rank: bool, options: RGAPOptions, rows_dropped: bool = False) -> Strategy:
@@ -102,7 +116,8 @@ def plan_layer(
         and not determined_by_gradient
         and (n <= options.rank_max_unknowns or _null_expected(layer, options))
     )
-    certificate = _full_rank_certificate(system, options)
+    proven = _full_rank_certificate(system, options)  # (recursion runs a small layer on one CPU thread)
+    certificate, proof = proven if proven is not None else (None, "")
     if certificate is not None:
         want_rank = False  # proven full rank (at any size): nothing to measure
     rows_dropped = system is not None and system.alive is not None and not bool(system.alive.all())
@@ -116,4 +131,4 @@ def plan_layer(
         # each dropped weight row (a dead ReLU output) can open one more direction: size the null-space search for
         # it, or the block doubles round after round (LeNet's conv2: ~1500 directions)
         hint = min(hint + int((~system.alive).sum()), layer.unknowns)
-    return LayerPlan(strategy, want_rank, known, certificate, hint)
+    return LayerPlan(strategy, want_rank, known, certificate, hint, proof)

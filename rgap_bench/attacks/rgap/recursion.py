@@ -27,6 +27,7 @@ from rgap_bench.attacks.rgap.start import HeadStart
 from rgap_bench.errors import RGapBenchError
 from rgap_bench.linalg.activations import PiecewiseLinear, Rectifier
 from rgap_bench.linalg.operators import ConvSystem
+from rgap_bench.linalg.resources import cpu_threads, solve_threads
 from rgap_bench.linalg.smoothness import smooth_solve
 from rgap_bench.types import LayerReport, Reconstruction
 
@@ -89,6 +90,15 @@ def _solve_layer(
     `alive` (a ReLU layer): the outputs whose weight rows are kept."""
     start = time.perf_counter()
     weight = layer.op.weight.detach().to(dtype)
+    with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
+        return _plan_and_solve(layer, k, z, options, dtype, alive, weight, start)
+
+
+def _plan_and_solve(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype,
+                    alive: Tensor | None, weight: Tensor, start: float) -> tuple:  # fmt: skip
+    """`_solve_layer`'s work, inside its thread cap: a small layer's many tiny kernels (row scales, rank bounds,
+    PCG, report) run fastest on one CPU thread, and two collapse when another process holds a core (on a busy
+    2-core machine two threads made CNN6's gradient-row bound 0.01 -> 2.5 s)."""
     if layer.op.bias is not None:  # the weight rows are W x = z - b; the gradient rows do not see the bias
         z = z - layer.op.bias.detach().to(dtype).reshape(-1, *[1] * (z.dim() - 1))
     geom = layer.geometry
@@ -136,16 +146,18 @@ def _with_prior(layer: RGAPLayer, k: Tensor, z: Tensor, solved: tuple, options: 
 def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions,
                    dtype: torch.dtype) -> tuple[Tensor, tuple]:  # fmt: skip
     """Refit the derivatives whose sign noise left in doubt (`pattern.settle_pattern`), noted in the report."""
-    k, solved, fit = settle_pattern(
-        layer,
-        back_k,
-        z,
-        lambda kk: _solve_layer(layer, kk, z, options, dtype),
-        solved,
-        lambda s: s[0],
-        dtype,
-        keep_best=options.refit_best and layer.is_conv,  # linear layers: see docs/noise.md ("Best round")
-    )
+    weight = layer.op.weight
+    with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
+        k, solved, fit = settle_pattern(
+            layer,
+            back_k,
+            z,
+            lambda kk: _solve_layer(layer, kk, z, options, dtype),
+            solved,
+            lambda s: s[0],
+            dtype,
+            keep_best=options.refit_best and layer.is_conv,  # linear layers: see docs/noise.md ("Best round")
+        )
     if fit.doubtful:
         note = f"activation pattern: {fit.doubtful} signs in doubt, {fit.changed} derivatives refitted"
         x, report, null_basis = solved

@@ -116,7 +116,11 @@ def layer_report(
     deficiency = None if rank is None else n - rank
     note = solve.note
     if proven:
-        note = f"full rank, proven by the gradient rows alone (sigma_min/sigma_max >= {plan.certificate**0.5:.1e})"
+        by = {
+            "gradient-row bound": "the gradient rows alone",
+            "weight-row symbol bound": "the weight rows' Fourier symbol",
+        }.get(plan.proof, "the gradient rows and, on the pixel phases they leave open, the weight rows' symbol")
+        note = f"full rank, proven by {by} (sigma_min/sigma_max >= {plan.certificate**0.5:.1e})"
     if deficiency:
         note = f"rank-deficient: {deficiency} input directions are not determined"
         log.info("layer %d: %s", layer.index, note)
@@ -133,7 +137,7 @@ def layer_report(
         padding_constraints=padded - n,
         rank=rank,
         rank_deficiency=deficiency,
-        rank_method="gradient-row bound" if proven else solve.rank_method,
+        rank_method=plan.proof if proven else solve.rank_method,
         time_s=time_s,
         note=note,
         dead_rows_dropped=dead,

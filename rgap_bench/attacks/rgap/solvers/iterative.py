@@ -23,7 +23,12 @@ def solve_pcg(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> L
     n = layer.unknowns
     with cpu_threads(solve_threads(weight.device, n * weight[0].numel())):
         result = pcg(
-            system.normal, system.normal_rhs(), BlockJacobi(system), tol=options.tol, max_iter=options.max_iter
+            system.normal,
+            system.normal_rhs(),
+            BlockJacobi(system),
+            tol=options.tol,
+            max_iter=options.max_iter,
+            x0=system.weight_row_start(),
         )
     converged = result.normal_residual_rel <= CONVERGED_FACTOR * options.tol
     if not converged:

@@ -1,9 +1,10 @@
 """A conv layer's rank, null space and solution without a dense matrix: PCG on the solve and random probes at once.
 
-The default for conv layers whose rank is wanted (attack.rank=auto) and that the gradient rows alone do not prove
-full rank. One block PCG run (`rgap_bench.linalg.krylov`) solves the layer's normal equations and p = (predicted
-null space) + PROBES random consistent systems; a Rayleigh-Ritz step on the probes' errors gives the rank at
-attack.rcond, the null basis the joint solve below needs, and the certificate written to layers.json. When PCG
+The default for conv layers whose rank is wanted (attack.rank=auto) and that neither the gradient rows alone nor
+the weight rows' symbol prove full rank (`plan._full_rank_certificate`). One block PCG run
+(`rgap_bench.linalg.krylov`) solves the layer's normal equations and p = (predicted null space) + PROBES random
+consistent systems; a Rayleigh-Ritz step on the probes' errors gives the rank at attack.rcond, the null basis the
+joint solve below needs, and the certificate written to layers.json. When PCG
 does not converge, or every probe came back null (the null space may be larger than the block), the dense path
 (`solvers.dense`) decides instead, if its matrices fit in free memory.
 """

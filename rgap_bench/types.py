@@ -150,6 +150,9 @@ class LayerReport:
     # the recursion's k matched the shared bias gradient, ||db(k) - db|| / ||db|| (None: no bias)
     bias_equations: int = 0
     bias_residual_rel: float | None = None
+    # the image layer under attack.image_prior=smooth: the smoothness prior's lam / mean diagonal of the normal
+    # matrix (0: the plain solve won GCV; None: no prior)
+    prior_lam: float | None = None
     status: Status = "approximate"  # set by the attack from its solve (rgap_bench.attacks.rgap.report)
     status_reason: str = UNASSESSED
 

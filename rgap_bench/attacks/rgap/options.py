@@ -32,9 +32,16 @@ class RGAPOptions:
     carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
     # refit the LeakyReLU derivatives whose sign noise leaves in doubt, then re-solve (a clean update has none)
     refit_pattern: bool = True
+    # conv layers: keep the refit round whose solve fits the weight rows best (else the last round; docs/noise.md)
+    refit_best: bool = True
     # none | gcv | discrepancy | auto: Tikhonov on each layer's least squares with lam from the data (docs/noise.md);
     # auto is the discrepancy principle when the noise std is known, else generalised cross-validation
     regularize: str = "none"
+    # none | smooth: the image layer (layer 0, a conv) solved under a smoothness prior on the image, its weight
+    # lam by generalised cross-validation (lam = 0 when the plain solve fits; docs/noise.md)
+    image_prior: str = "smooth"
+    image_prior_lam: float | None = None  # a fixed lam / mean diagonal of the normal matrix instead of GCV's
+    prior_layers: int = 1  # the prior on the inputs of the bottom this many layers (convs only; 1: the image)
     # the gradient noise's std the attacker assumes; null: the one the update's metadata announces (if any)
     noise_sigma: float | None = None
     # ReLU: a reconstructed output within this fraction of the layer's largest |output| is a dead unit (its weight
@@ -52,6 +59,14 @@ class RGAPOptions:
             raise ConfigError(f"attack.rank must be auto, exact or off, got {self.rank!r}")
         if self.regularize not in RULES:
             raise ConfigError(f"attack.regularize must be one of {', '.join(RULES)}, got {self.regularize!r}")
+        if self.image_prior not in ("none", "smooth"):
+            raise ConfigError(f"attack.image_prior must be none or smooth, got {self.image_prior!r}")
+        if self.image_prior_lam is not None and not (math.isfinite(self.image_prior_lam) and self.image_prior_lam >= 0):
+            raise ConfigError(
+                f"attack.image_prior_lam must be a finite number >= 0 or null, got {self.image_prior_lam}"
+            )
+        if self.prior_layers < 0:
+            raise ConfigError(f"attack.prior_layers must be >= 0 (0: no layer gets the prior), got {self.prior_layers}")
         if self.noise_sigma is not None and not (math.isfinite(self.noise_sigma) and self.noise_sigma >= 0):
             raise ConfigError(f"attack.noise_sigma must be a finite number >= 0 or null, got {self.noise_sigma}")
         if self.polish not in ("auto", "off"):

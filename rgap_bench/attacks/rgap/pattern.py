@@ -93,23 +93,34 @@ def settle_pattern(
     x_of: Callable[[S], Tensor],
     dtype: torch.dtype,
     rounds: int = ROUNDS,
+    keep_best: bool = False,
 ) -> tuple[Tensor, S, PatternFit]:
     """Refit the doubtful derivatives of `layer`'s output and re-solve. `solve(k)` solves the layer for k, `first`
-    is its solve for the sign pattern of z (z holds the bias, as W x + b does); returns the final k, solve and fit."""
+    is its solve for the sign pattern of z (z holds the bias, as W x + b does); returns the final k, solve and fit.
+
+    `keep_best`: return the round whose solve fits the weight rows best (the rms misfit between z and W x, which
+    does not depend on k, so rounds with different k compare fairly; the first, unrefitted solve included) instead
+    of the last. The rounds do not always improve: a refit can trust a wrong sign again, and the error then grows
+    over the following rounds (cnn6 photo 2, relative noise 1e-3: 30.3 dB from the last round, 35.0 from the best)."""
     act = layer.act
     d0 = act.derivative(z)
     if not isinstance(act, PiecewiseLinear) or act.slope == 1.0:
         return back_k * d0, first, PatternFit(0, 0, 0)
     d, result = d0, first
+    best: tuple[float, Tensor, S] | None = None
     doubtful, done = 0, 0
-    for _ in range(rounds):
-        misfit = forward(layer, x_of(result), dtype) - z
-        doubt = z.abs() < DOUBT * misfit.pow(2).mean().sqrt()
-        if not bool(doubt.any()):
+    for step in range(rounds + 1):
+        rms = (forward(layer, x_of(result), dtype) - z).pow(2).mean().sqrt()
+        if keep_best and (best is None or float(rms) < best[0]):
+            best = (float(rms), d, result)
+        doubt = z.abs() < DOUBT * rms
+        if step == rounds or not bool(doubt.any()):
             break
         doubtful = max(doubtful, int(doubt.sum()))
         d = refit_derivative(layer, x_of(result), back_k, d0, doubt)
         result = solve(back_k * d)
         done += 1
+    if best is not None:
+        d, result = best[1], best[2]
     changed = int(((d - d0).abs() > 0.5 * abs(1 - act.slope)).sum())
     return back_k * d, result, PatternFit(doubtful, changed, done)

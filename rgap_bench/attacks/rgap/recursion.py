@@ -28,7 +28,12 @@ from rgap_bench.errors import RGapBenchError
 from rgap_bench.linalg.activations import PiecewiseLinear, Rectifier
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import cpu_threads, solve_threads
+from rgap_bench.linalg.smoothness import smooth_solve
 from rgap_bench.types import LayerReport, Reconstruction
+
+# the image layer's relative residual above which an update counts as noisy without announcing it: float32
+# gradients of a clean update leave 1.0e-6 on cnn6 photo 0, relative noise 1e-6 leaves 1.3e-5, 1e-5 leaves 1.3e-4
+PRIOR_FLOOR = 1e-5
 
 
 def _live_outputs(layer: RGAPLayer, x: Tensor, back_k: Tensor, options: RGAPOptions) -> Tensor:
@@ -103,8 +108,39 @@ def _plan_and_solve(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions
         system = ConvSystem(weight, k_map, layer.grad, z, geom, options.scale_rows, layer.pool, alive)
     plan = plan_layer(layer, k, system, options, dtype)
     solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system, alive), plan, options)
+    prior_lam = None
+    if _has_image_prior(layer, options) and system is not None and system.z is not None:
+        prior_lam = options.image_prior_lam or 0.0
+        if options.image_prior_lam != 0 and _noisy(solve.residual_rel, options):
+            x, choice = smooth_solve(system, solve.x, tol=options.tol, max_iter=options.max_iter,
+                                     lam_rel=options.image_prior_lam)  # fmt: skip
+            solve = dataclasses.replace(solve, x=x.reshape(layer.in_shape), residual_rel=system.residual_rel(x))
+            prior_lam = choice.lam_rel
     report = layer_report(layer, solve, plan, time.perf_counter() - start, alive=alive, k=k)
+    if prior_lam is not None:
+        report = dataclasses.replace(report, prior_lam=prior_lam)
     return solve.x, report, solve.null_basis
+
+
+def _has_image_prior(layer: RGAPLayer, options: RGAPOptions) -> bool:
+    """attack.image_prior=smooth applies to the bottom attack.prior_layers convs (`linalg/smoothness.py`)."""
+    return options.image_prior == "smooth" and layer.index < options.prior_layers and layer.is_conv
+
+
+def _noisy(residual_rel: float, options: RGAPOptions) -> bool:
+    """Whether the image layer's plain solve needs the prior: the update announces noise, or its residual is above
+    what a clean update's float32 gradients leave (`PRIOR_FLOOR`); a clean update skips GCV's solves."""
+    return (options.noise_sigma or 0.0) > 0 or residual_rel > PRIOR_FLOOR
+
+
+def _with_prior(layer: RGAPLayer, k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions, dtype: torch.dtype,
+                alive: Tensor | None) -> tuple:  # fmt: skip
+    """The layer solved again under its prior once the refit settled k; a clean update keeps its plain solve and
+    reports lam 0."""
+    x, report, null_basis = solved
+    if _noisy(report.residual_rel, options):
+        return _solve_layer(layer, k, z, options, dtype, alive)
+    return x, dataclasses.replace(report, prior_lam=0.0), null_basis
 
 
 def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions,
@@ -113,7 +149,14 @@ def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, o
     weight = layer.op.weight
     with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
         k, solved, fit = settle_pattern(
-            layer, back_k, z, lambda kk: _solve_layer(layer, kk, z, options, dtype), solved, lambda s: s[0], dtype
+            layer,
+            back_k,
+            z,
+            lambda kk: _solve_layer(layer, kk, z, options, dtype),
+            solved,
+            lambda s: s[0],
+            dtype,
+            keep_best=options.refit_best and layer.is_conv,  # linear layers: see docs/noise.md ("Best round")
         )
     if fit.doubtful:
         note = f"activation pattern: {fit.doubtful} signs in doubt, {fit.changed} derivatives refitted"
@@ -169,9 +212,15 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
             z, k, alive, bias = _error_and_rows(layer, back_k, x_next, options)
         else:
             k, bias = bias_equations(layer, k)
-        solved = _solve_layer(layer, k, z, options, dtype, alive)
-        if x_next is not None and options.refit_pattern and _refits_pattern(layer):
-            k, solved = _refit_pattern(layer, back_k, z, solved, options, dtype)
+        refits = x_next is not None and options.refit_pattern and _refits_pattern(layer)
+        # the refit judges doubt by the misfit of z and W x, which a prior's smoothing would inflate: the refit
+        # solves plainly and the prior comes after it, once the pattern is settled
+        plain = dataclasses.replace(options, image_prior="none") if refits else options
+        solved = _solve_layer(layer, k, z, plain, dtype, alive)
+        if refits:
+            k, solved = _refit_pattern(layer, back_k, z, solved, plain, dtype)
+            if _has_image_prior(layer, options):
+                solved = _with_prior(layer, k, z, solved, options, dtype, alive)
         x_next, report, null_basis = solved
         if not _carries_null_space(layers, layer, options):
             null_basis = None

@@ -139,10 +139,16 @@ def crossing_lines(rows: list[dict]) -> list[str]:
                 continue
             levels = sorted(set(ca) & set(cb))
             ma, mb = [mean_std(ca[lv])[0] for lv in levels], [mean_std(cb[lv])[0] for lv in levels]
+            positive = [lv for lv in levels if lv > 0]
+            if not positive:
+                continue
             found = crossings(levels, ma, mb)
-            first = next((lv for lv in levels if lv > 0), None)
-            above = a if first is not None and ma[levels.index(first)] > mb[levels.index(first)] else b
-            where = ", ".join(f"{x:.2g}" for x in found) if found else "never in range"
+            above = a if ma[levels.index(positive[0])] > mb[levels.index(positive[0])] else b
+            where = ", ".join(f"{x:.1e}" for x in found) if found else "never in range"
+            if len(positive) < 2:
+                where = f"n/a (one common level > 0: {fmt_level(positive[0])})"
+            elif not found:
+                where += f" ({fmt_level(positive[0])} to {fmt_level(positive[-1])})"
             lines.append(f"| {model} | {init} | {NAMES[a]} vs {NAMES[b]} | {where} | {NAMES[above]} |")
     return lines
 
@@ -151,13 +157,13 @@ def table(rows: list[dict]) -> str:
     """Mean +- std PSNR per (model, init, attack) and level, then the crossings, as Markdown."""
     data = curves(rows)
     levels = sorted({float(r["level"]) for r in rows})
-    lines = ["| model | init | attack | " + " | ".join(f"{lv:g}" for lv in levels) + " |"]
+    lines = ["| model | init | attack | " + " | ".join(map(fmt_level, levels)) + " |"]
     lines.append("|---" * (len(levels) + 3) + "|")
+    most = max((len(v) for c in data.values() for v in c.values()), default=0)
     for (model, init, attack), per_level in sorted(data.items(), key=lambda kv: (kv[0][0], kv[0][1], _order(kv[0][2]))):
-        cells = ["{:.1f} ± {:.1f}".format(*mean_std(per_level[lv])) if lv in per_level else "" for lv in levels]
+        cells = [_cell(per_level.get(lv, []), most) for lv in levels]
         lines.append(f"| {model} | {init} | {NAMES[attack]} | " + " | ".join(cells) + " |")
-    counts = sorted({len(v) for c in data.values() for v in c.values()})
-    text = "\n".join(lines) + f"\n\nPSNR in dB, mean ± std over {'/'.join(map(str, counts))} photos per cell.\n"
+    text = "\n".join(lines) + f"\n\nPSNR in dB, mean ± std over {most} photos per cell (fewer where n is shown).\n"
     failed = [r for r in rows if not math.isfinite(r["psnr"])]
     if failed:
         text += f"\n{len(failed)} run(s) failed and are left out of the means:\n"
@@ -170,6 +176,21 @@ def table(rows: list[dict]) -> str:
         text += "\nWhere the mean curves cross (log-linear interpolation between levels; level 0 left out):\n\n"
         text += head + "\n" + "\n".join(cross) + "\n"
     return text
+
+
+def fmt_level(level: float) -> str:
+    """0, 1e-05, 0.0025 -> "0", "1e-5", "2.5e-3": the column heads in the paper's notation."""
+    if level == 0:
+        return "0"
+    mantissa, exponent = f"{level:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _cell(values: list[float], most: int) -> str:
+    if not values:
+        return ""
+    text = "{:.1f} ± {:.1f}".format(*mean_std(values))
+    return text if len(values) == most else f"{text} (n={len(values)})"
 
 
 def _order(attack: str) -> int:

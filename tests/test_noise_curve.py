@@ -59,8 +59,17 @@ def test_table_has_mean_std_cells_and_the_crossings(nc) -> None:
     cross = {line.split(" | ")[2]: line.split(" | ")[3] for line in text.splitlines() if " vs " in line}
     # rgap - dlg: +16 at 1e-3, -4 at 1e-2 -> 0.8 of the decade; dlg and ig never meet; rgap_plain not run
     assert float(cross["R-GAP (default, noise-aware) vs DLG"]) == pytest.approx(10**-2.2, rel=0.01)
-    assert cross["DLG vs IG"] == "never in range"
+    assert cross["DLG vs IG"] == "never in range (1e-4 to 1e-2)"
     assert not any("without the pattern refit" in c for c in cross)
+
+
+def test_levels_in_paper_notation_and_partial_cells_show_n(nc) -> None:
+    assert [nc.fmt_level(x) for x in (0.0, 1e-5, 0.0025, 0.1)] == ["0", "1e-5", "2.5e-3", "1e-1"]
+    rows = _rows(nc, {"rgap": [50, 30], "ig": [20, 20]}, [1e-4, 1e-3])
+    rows = [r for r in rows if not (r["attack"] == "ig" and (r["level"] == 1e-4 or r["image"] == 1))]
+    text = nc.table(rows)
+    assert "| cnn6 | normal | IG |  | 19.0 ± 0.0 (n=1) |" in text
+    assert "n/a (one common level > 0: 1e-3)" in text  # no crossing can be told from one level
 
 
 def test_a_failed_run_is_left_out_of_the_mean_and_listed(nc) -> None:
@@ -122,3 +131,14 @@ def test_rows_already_in_the_csv_are_reused_and_recompute_replaces_only_the_grid
     assert after.keys() == first.keys()
     assert all((after[k] == first[k]) == (k[2] == "dlg") for k in first)
     assert "DLG" in (tmp_path / "noise_curve.md").read_text()
+
+
+def test_show_prints_each_rows_cli_command_and_runs_nothing(nc, monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.setattr(nc, "run_one", lambda *a, **k: pytest.fail("--show must not run anything"))
+    argv = ["noise_curve.py", "--show", "--models", "fcn3", "--attacks", "ig", "--levels", "0", "1e-2", "--images", "2"]
+    monkeypatch.setattr("sys.argv", [*argv, "--out", str(tmp_path)])
+    nc.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * 2 * 2  # inits x levels x images
+    assert all(line.startswith("python -m rgap_bench logger=none") for line in lines)
+    assert not (tmp_path / "noise_curve.csv").exists()

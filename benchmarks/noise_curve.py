@@ -217,14 +217,18 @@ def plot(rows: list[dict], path: Path) -> None:
         stats = [mean_std(per_level[lv]) for lv in levels]
         xs = [lv if lv > 0 else zero_at for lv in levels]
         mean = [m for m, _ in stats]
-        ax.semilogx(xs, mean, "o-", label=NAMES[attack])
-        ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+        color = f"C{_order(attack)}"  # one colour per attack in every panel
+        ax.semilogx(xs, mean, "o-", color=color, label=NAMES[attack])
+        low, high = [max(m - s, 0.0) for m, s in stats], [min(m + s, 100.0) for m, s in stats]  # PSNR capped at 100
+        ax.fill_between(xs, low, high, color=color, alpha=0.2)
+    ticks = [zero_at, *sorted(positive)]
     for model in models:
         for init in inits:
             ax = axes[models.index(model)][inits.index(init)]
+            ax.set_xticks(ticks, ["0", *(f"$10^{{{round(math.log10(t))}}}$" for t in ticks[1:])])
             std = " N(0, 0.01)" if init == "normal" else " (PyTorch)"
             ax.set(title=f"{model}, init {init}{std}", ylabel="PSNR (dB)",
-                   xlabel=f"relative noise sigma / RMS(update) (0 drawn at {zero_at:g})")  # fmt: skip
+                   xlabel="relative noise: sigma / RMS of the update")  # fmt: skip
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()

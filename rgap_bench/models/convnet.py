@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rgap_bench.errors import ConfigError
+from rgap_bench.models.init import check_init, initialize
 from rgap_bench.models.layers import LayerSpec, SequentialNet, build_from_specs
 from rgap_bench.options import build_options
 
@@ -22,6 +23,11 @@ class ConvNetOptions:
     in_channels: int = 3
     image_size: int = 32
     layers: list[Mapping[str, Any]] = field(default_factory=list)
+    init: str = "default"  # default | normal: as the paper nets' (rgap_bench.models.init)
+    init_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_init(self.init, self.init_std)
 
 
 def build_convnet(layers: Sequence[Mapping[str, Any]] | None = None, /, **overrides: Any) -> SequentialNet:
@@ -37,4 +43,5 @@ def build_convnet(layers: Sequence[Mapping[str, Any]] | None = None, /, **overri
                 f"layer {i} of {opts.name!r} has unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_FIELDS)}"
             )
         specs.append(LayerSpec(**dict(layer)))
-    return build_from_specs(opts.name, (opts.in_channels, opts.image_size, opts.image_size), specs)
+    net = build_from_specs(opts.name, (opts.in_channels, opts.image_size, opts.image_size), specs)
+    return initialize(net, opts.init, opts.init_std)

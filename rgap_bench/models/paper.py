@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rgap_bench.errors import ConfigError
+from rgap_bench.models.init import check_init, initialize
 from rgap_bench.models.layers import LayerSpec, SequentialNet, build_from_specs
 from rgap_bench.options import build_options
 
@@ -41,10 +42,14 @@ class PaperModelOptions:
     # client.loss=cross_entropy (fcn3's last layer is then linear, without its LeakyReLU), bias: true on every layer
     outputs: int = 1
     bias: bool = False
+    # weights: default (PyTorch's) | normal (N(0, init_std^2), biases 0: the paper's utils.weight_init); models/init.py
+    init: str = "default"
+    init_std: float = 0.01
 
     def __post_init__(self) -> None:
         if self.outputs < 1:
             raise ConfigError(f"model.outputs must be >= 1, got {self.outputs}")
+        check_init(self.init, self.init_std)
 
 
 @dataclass
@@ -62,13 +67,15 @@ class FCN3Options(PaperModelOptions):
 def cnn6(options: PaperModelOptions | None = None, /, **overrides: Any) -> SequentialNet:
     """CNN6: six LeakyReLU convs and a single-logit linear head (CIFAR-10 in the paper)."""
     o = build_options(PaperModelOptions, options, overrides)
-    return build_from_specs(o.name, (o.in_channels, o.image_size, o.image_size), _cnn6_specs(36, o))
+    net = build_from_specs(o.name, (o.in_channels, o.image_size, o.image_size), _cnn6_specs(36, o))
+    return initialize(net, o.init, o.init_std)
 
 
 def cnn6d(options: CNN6dOptions | None = None, /, **overrides: Any) -> SequentialNet:
     """CNN6-d: CNN6 with a 20-channel conv2, which makes conv2's input under-determined."""
     o = build_options(CNN6dOptions, options, overrides)
-    return build_from_specs(o.name, (o.in_channels, o.image_size, o.image_size), _cnn6_specs(20, o))
+    net = build_from_specs(o.name, (o.in_channels, o.image_size, o.image_size), _cnn6_specs(20, o))
+    return initialize(net, o.init, o.init_std)
 
 
 def fcn3(options: FCN3Options | None = None, /, **overrides: Any) -> SequentialNet:
@@ -77,4 +84,4 @@ def fcn3(options: FCN3Options | None = None, /, **overrides: Any) -> SequentialN
     head = "leaky_relu" if o.outputs == 1 else "identity"  # softmax logits stay linear
     widths = ((1000, "leaky_relu"), (100, "leaky_relu"), (o.outputs, head))
     specs = [LayerSpec("linear", n, activation=a, negative_slope=o.negative_slope, bias=o.bias) for n, a in widths]
-    return build_from_specs(o.name, (o.in_channels, o.image_size, o.image_size), specs)
+    return initialize(build_from_specs(o.name, (o.in_channels, o.image_size, o.image_size), specs), o.init, o.init_std)

@@ -36,13 +36,20 @@ from rgap_bench.logging.base import NullLogger
 from rgap_bench.task import run_experiment
 
 ATTACKS = {  # label -> Hydra overrides
-    "rgap_plain": ["attack=rgap", "attack.rank=off", "attack.refit_pattern=false"],
-    "rgap": ["attack=rgap", "attack.rank=off"],  # noise-aware: pattern refit (the default)
+    # the paper's plain recursion: every noise-aware step off (pattern refit, image prior, polish)
+    "rgap_plain": [
+        "attack=rgap",
+        "attack.rank=off",
+        "attack.refit_pattern=false",
+        "attack.image_prior=none",
+        "attack.polish=off",
+    ],
+    "rgap": ["attack=rgap", "attack.rank=off"],  # noise-aware (the default): refit, image prior, polish
     "rgap_gcv": ["attack=rgap", "attack.rank=off", "attack.regularize=gcv"],
     "dlg": ["attack=dlg", "attack.max_iterations=300"],
     "ig": ["attack=ig"],  # the preset's budget: 2000 iterations x 2 restarts
 }
-NAMES = {"rgap_plain": "R-GAP without the pattern refit", "rgap": "R-GAP (default, noise-aware)",
+NAMES = {"rgap_plain": "R-GAP plain (no refit, prior, polish)", "rgap": "R-GAP (default, noise-aware)",
          "rgap_gcv": "R-GAP + GCV Tikhonov", "dlg": "DLG", "ig": "IG"}  # fmt: skip
 PAIRS = [("rgap", "dlg"), ("rgap", "ig"), ("dlg", "ig"), ("rgap_plain", "dlg")]  # crossings reported
 LEVELS = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]

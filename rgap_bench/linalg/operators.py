@@ -241,9 +241,15 @@ class ConvSystem:
         return self._input_grad(self.row_weight**2, (self.weight_scale**2)[None], self.row_geom)
 
 
-def _symmetric_inverse(blocks: Tensor) -> Tensor:
-    """Inverses of SPD blocks, symmetrised so that `symmetric_bmm` may apply them from the right."""
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(blocks))
+def _symmetric_inverse(blocks: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Inverses of SPD blocks in `dtype` (default: theirs), symmetrised so that `symmetric_bmm` may apply them from
+    the right. A compact (float32) preconditioner is also factorised in float32 (CNN6's conv2: 27 -> 12 ms), in
+    float64 should float32 rounding break the factorisation."""
+    low = blocks.to(dtype or blocks.dtype)
+    factor, info = torch.linalg.cholesky_ex(low)
+    if bool((info != 0).any()):
+        factor = torch.linalg.cholesky(blocks)
+    inverse = torch.cholesky_inverse(factor).to(low.dtype)
     return (inverse + inverse.transpose(-1, -2)) / 2
 
 
@@ -276,12 +282,12 @@ class BlockJacobi:
         self.kmat = kmat.to(self.dtype)
         if n <= m:
             blocks = torch.diag_embed(diag) + (kmat.T @ kmat)[None]
-            self.mode, self.inverse = "direct", _symmetric_inverse(blocks).to(self.dtype)
+            self.mode, self.inverse = "direct", _symmetric_inverse(blocks, self.dtype)
         else:
             inv = 1.0 / diag  # (C, n)
             cap = torch.eye(m, dtype=kmat.dtype, device=kmat.device)[None] + (kmat[None] * inv[:, None, :]) @ kmat.T
             self.mode, self.inv = "woodbury", inv.to(self.dtype)
-            self.inverse = _symmetric_inverse(cap).to(self.dtype)
+            self.inverse = _symmetric_inverse(cap, self.dtype)
 
     def __call__(self, r: Tensor) -> Tensor:
         c, h, w = self.shape

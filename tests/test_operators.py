@@ -149,3 +149,12 @@ def test_compact_dtype_keeps_float64_for_ill_conditioned_or_float32_blocks():
     assert compact_dtype(torch.float64, 289, 1e3) == torch.float32
     assert compact_dtype(torch.float64, 289, 1e7) == torch.float64
     assert compact_dtype(torch.float32, 289, 1.0) == torch.float32
+
+
+def test_compact_inverse_falls_back_to_float64_where_float32_cholesky_fails():
+    from rgap_bench.linalg.operators import _symmetric_inverse
+
+    close_pair = torch.tensor([[1.0, 1 - 1e-10], [1 - 1e-10, 1.0]], dtype=torch.float64)[None]  # singular in float32
+    inverse = _symmetric_inverse(close_pair, torch.float32)
+    assert inverse.dtype == torch.float32 and bool(torch.isfinite(inverse).all())
+    assert torch.allclose(inverse.double(), torch.linalg.inv(close_pair), rtol=1e-6)

@@ -112,3 +112,49 @@ def test_linear_system_matches_dense_least_squares(out, n, direct_max):
     reference, ref_residual = dense_lstsq(linear_constraints(weight, grad, k, z), dtype=torch.float64, scale_rows=True)
     assert np.allclose(solved.numpy(), reference, atol=1e-9)
     assert residual == pytest.approx(ref_residual, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "filters", "mode"), [((3, 6, 6), 8, "direct"), ((2, 6, 6), 3, "woodbury")], ids=["tall", "wide"]
+)
+def test_compact_preconditioner_keeps_the_least_squares_solution(make_conv_system, in_shape, filters, mode):
+    """Under noise on z and on the gradient (an inconsistent system), PCG with the float32 preconditioner converges
+    to the dense least-squares solution of the scaled system, as the float64 one does (K tall: direct blocks, K
+    wide: the Woodbury form)."""
+    clean, _ = make_conv_system(in_shape, filters, (3, 3), (1, 1), (1, 1))
+    gen = torch.Generator().manual_seed(3)
+    z = clean.z + 1e-2 * torch.randn(clean.z.shape, dtype=torch.float64, generator=gen)
+    grad = clean.grad + 1e-2 * torch.randn(clean.grad.shape, dtype=torch.float64, generator=gen)
+    system = type(clean)(clean.weight, clean.k, grad, z, clean.geom)
+    g_dense, w_dense = explicit(system)
+    a = torch.cat(
+        [
+            g_dense * system.grad_scale.expand_as(system.weight).reshape(-1, 1),
+            w_dense * system.weight_scale.reshape(-1, 1),
+        ]
+    )
+    b = torch.cat([(system.grad * system.grad_scale).reshape(-1), (system.z * system.weight_scale).reshape(-1)])
+    reference = torch.linalg.lstsq(a, b[:, None]).solution[:, 0].reshape(system.shape)
+    compact = BlockJacobi(system, compact=True)
+    assert (compact.mode, compact.inverse.dtype) == (mode, torch.float32)  # the compact path is the one tested
+    result = pcg(system.normal, system.normal_rhs(), compact, tol=1e-12, max_iter=2000)
+    assert torch.allclose(result.x, reference, atol=1e-9, rtol=0)
+    exact = pcg(system.normal, system.normal_rhs(), BlockJacobi(system), tol=1e-12, max_iter=2000)
+    assert result.iterations <= 2 * exact.iterations
+
+
+def test_compact_dtype_keeps_float64_for_ill_conditioned_or_float32_blocks():
+    from rgap_bench.linalg.precision import compact_dtype
+
+    assert compact_dtype(torch.float64, 289, 1e3) == torch.float32
+    assert compact_dtype(torch.float64, 289, 1e7) == torch.float64
+    assert compact_dtype(torch.float32, 289, 1.0) == torch.float32
+
+
+def test_compact_inverse_falls_back_to_float64_where_float32_cholesky_fails():
+    from rgap_bench.linalg.operators import _symmetric_inverse
+
+    close_pair = torch.tensor([[1.0, 1 - 1e-10], [1 - 1e-10, 1.0]], dtype=torch.float64)[None]  # singular in float32
+    inverse = _symmetric_inverse(close_pair, torch.float32)
+    assert inverse.dtype == torch.float32 and bool(torch.isfinite(inverse).all())
+    assert torch.allclose(inverse.double(), torch.linalg.inv(close_pair), rtol=1e-6)

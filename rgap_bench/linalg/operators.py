@@ -23,6 +23,7 @@ from torch import Tensor
 
 from rgap_bench.linalg.constraints import ConvGeometry, conv_patch_index
 from rgap_bench.linalg.pooling import pooled_filters, pooled_geometry, upsample_error
+from rgap_bench.linalg.precision import compact_dtype
 from rgap_bench.linalg.symbol import full_conv_solve, symbol_sigma_bounds
 
 
@@ -77,9 +78,13 @@ class ConvSystem:
         return torch.nn.grad.conv2d_weight(x, size, k, stride=self.geom.stride, padding=self.geom.padding)
 
     def _input_grad(self, weight: Tensor, out: Tensor, geom: ConvGeometry | None = None) -> Tensor:
+        """conv2d's adjoint, as conv_transpose2d: the same kernel, bitwise, without conv2d_input's argument parsing
+        (~10 us of ~40 per call on CNN6's conv1 and conv2, which PCG makes hundreds of)."""
         geom = geom or self.geom
-        size = (1, *geom.in_shape)
-        return torch.nn.grad.conv2d_input(size, weight, out, stride=geom.stride, padding=geom.padding)[0]
+        (sh, sw), (ph, pw), (kh, kw) = geom.stride, geom.padding, geom.kernel
+        oh, ow = out.shape[-2:]
+        extra = (geom.in_shape[1] - (oh - 1) * sh + 2 * ph - kh, geom.in_shape[2] - (ow - 1) * sw + 2 * pw - kw)
+        return F.conv_transpose2d(out, weight, stride=geom.stride, padding=geom.padding, output_padding=extra)[0]
 
     def grad_rows(self, x: Tensor) -> Tensor:
         return self._weight_grad(x[None], self.k_full[None], self.weight.shape) * self.grad_scale
@@ -236,9 +241,15 @@ class ConvSystem:
         return self._input_grad(self.row_weight**2, (self.weight_scale**2)[None], self.row_geom)
 
 
-def _symmetric_inverse(blocks: Tensor) -> Tensor:
-    """Inverses of SPD blocks, symmetrised so that `symmetric_bmm` may apply them from the right."""
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(blocks))
+def _symmetric_inverse(blocks: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Inverses of SPD blocks in `dtype` (default: theirs), symmetrised so that `symmetric_bmm` may apply them from
+    the right. A compact (float32) preconditioner is also factorised in float32 (CNN6's conv2: 27 -> 12 ms), in
+    float64 should float32 rounding break the factorisation."""
+    low = blocks.to(dtype or blocks.dtype)
+    factor, info = torch.linalg.cholesky_ex(low)
+    if bool((info != 0).any()):
+        factor = torch.linalg.cholesky(blocks)
+    inverse = torch.cholesky_inverse(factor).to(low.dtype)
     return (inverse + inverse.transpose(-1, -2)) / 2
 
 
@@ -250,9 +261,15 @@ def symmetric_bmm(inverse: Tensor, rows: Tensor) -> Tensor:
 
 class BlockJacobi:
     """Preconditioner: per channel c, (diag_c + K^T K)^-1, exact, inverting only the smaller side (Woodbury when
-    K is wide); the small inverses are formed once so each application is a few matrix products."""
+    K is wide); the small inverses are formed once so each application is a few matrix products.
 
-    def __init__(self, system: ConvSystem, jitter: float = 1e-12) -> None:
+    `compact`: a float64 preconditioner is applied in float32 where its blocks are well conditioned
+    (`precision.compact_dtype`, with cond(B_c) <= trace(B_c) / min(diag_c), as K^T K is PSD): half the bytes to
+    stream per application (CNN6 32x32's conv2: 12 blocks of 289^2, 8 MB) and float32 products (conv1's Woodbury
+    form). Only PCG's search directions change: its residual and iterate stay float64, so it converges to the same
+    least-squares solution."""
+
+    def __init__(self, system: ConvSystem, jitter: float = 1e-12, compact: bool = False) -> None:
         c, h, w = system.geom.in_shape
         kmat = system.channel_matrix()  # (m, n), n = H*W
         diag = system.weight_diagonal().reshape(c, h * w)
@@ -260,20 +277,23 @@ class BlockJacobi:
         diag = diag + jitter * scale
         m, n = kmat.shape
         self.shape = (c, h, w)
-        self.kmat = kmat
+        cond = float(((diag.sum(1) + (kmat**2).sum()) / diag.min(1).values).max())
+        self.dtype = compact_dtype(kmat.dtype, n, cond) if compact else kmat.dtype
+        self.kmat = kmat.to(self.dtype)
         if n <= m:
             blocks = torch.diag_embed(diag) + (kmat.T @ kmat)[None]
-            self.mode, self.inverse = "direct", _symmetric_inverse(blocks)
+            self.mode, self.inverse = "direct", _symmetric_inverse(blocks, self.dtype)
         else:
             inv = 1.0 / diag  # (C, n)
             cap = torch.eye(m, dtype=kmat.dtype, device=kmat.device)[None] + (kmat[None] * inv[:, None, :]) @ kmat.T
-            self.mode, self.inv = "woodbury", inv
-            self.inverse = _symmetric_inverse(cap)
+            self.mode, self.inv = "woodbury", inv.to(self.dtype)
+            self.inverse = _symmetric_inverse(cap, self.dtype)
 
     def __call__(self, r: Tensor) -> Tensor:
         c, h, w = self.shape
+        rows = r.reshape(c, h * w).to(self.dtype)
         if self.mode == "direct":
-            return symmetric_bmm(self.inverse, r.reshape(c, 1, h * w)).reshape(c, h, w)
-        dr = self.inv * r.reshape(c, h * w)  # (C, n)
+            return symmetric_bmm(self.inverse, rows[:, None])[:, 0].reshape(c, h, w).to(r.dtype)
+        dr = self.inv * rows  # (C, n)
         t = symmetric_bmm(self.inverse, (dr @ self.kmat.T)[:, None, :])[:, 0]  # (C, m)
-        return (dr - self.inv * (t @ self.kmat)).reshape(c, h, w)
+        return (dr - self.inv * (t @ self.kmat)).reshape(c, h, w).to(r.dtype)

@@ -25,7 +25,9 @@ def solve_pcg(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> L
         result = pcg(
             system.normal,
             system.normal_rhs(),
-            BlockJacobi(system),
+            # float32 preconditioning only where the solution is unique (proven full rank): on a deficient layer the
+            # preconditioner picks which of the solutions PCG returns, and that must not change
+            BlockJacobi(system, compact=plan.certificate is not None or plan.known_rank == n),
             tol=options.tol,
             max_iter=options.max_iter,
             x0=system.weight_row_start(),

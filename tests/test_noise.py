@@ -82,14 +82,16 @@ def test_a_regularised_linear_layer_is_exact_without_noise(rule):
     assert float((solution - x).norm() / x.norm()) < 1e-12 and residual < 1e-12
 
 
-def _cnn(seed: int) -> torch.nn.Module:
+def _seeded_net(seed: int, convs: list[tuple[int, int, int, int]], channels: int, size: int) -> torch.nn.Module:
+    """Conv layers (out, kernel, stride, padding) and a one-logit linear head, weights drawn from `seed`."""
     torch.manual_seed(seed)
-    specs = [
-        {"kind": "conv", "out": 6, "kernel": 3, "stride": 1, "padding": 1},
-        {"kind": "conv", "out": 8, "kernel": 3, "stride": 1, "padding": 1},
-        {"kind": "linear", "out": 1, "activation": "identity"},
-    ]
-    return build_convnet(specs, in_channels=1, image_size=8)
+    specs = [{"kind": "conv", "out": o, "kernel": k, "stride": s, "padding": p} for o, k, s, p in convs]
+    head = {"kind": "linear", "out": 1, "activation": "identity"}
+    return build_convnet([*specs, head], in_channels=channels, image_size=size)
+
+
+def _cnn(seed: int) -> torch.nn.Module:
+    return _seeded_net(seed, [(6, 3, 1, 1), (8, 3, 1, 1)], channels=1, size=8)
 
 
 def test_the_pattern_refit_keeps_a_clean_update_and_helps_a_noisy_one(photo_batch, make_update, psnr):
@@ -131,13 +133,7 @@ def test_an_entry_no_longer_in_doubt_takes_its_signs_derivative_not_a_stale_refi
 
 def _cnn_stride2(seed: int) -> torch.nn.Module:
     """cnn6's bottom at 16x16: a stride-2 image layer whose few gradient rows leave it to its weight rows."""
-    torch.manual_seed(seed)
-    specs = [
-        {"kind": "conv", "out": 12, "kernel": 4, "stride": 2, "padding": 2},
-        {"kind": "conv", "out": 16, "kernel": 3, "stride": 1, "padding": 1},
-        {"kind": "linear", "out": 1, "activation": "identity"},
-    ]
-    return build_convnet(specs, in_channels=3, image_size=16)
+    return _seeded_net(seed, [(12, 4, 2, 2), (16, 3, 1, 1)], channels=3, size=16)
 
 
 def test_the_smoothness_prior_recovers_a_noisy_image_better_and_leaves_a_clean_one(photo_batch, make_update, psnr):

@@ -74,6 +74,11 @@ def _run_description(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     return {
         "attack": cfg.attack.name,
         "model": cfg.model.name,
+        # the weight initialisation (model.init: default | normal with model.init_std); null for models without one
+        "model_init": OmegaConf.select(cfg, "model.init"),
+        "model_init_std": OmegaConf.select(cfg, "model.init_std")
+        if OmegaConf.select(cfg, "model.init") == "normal"
+        else None,
         "dataset": cfg.data.name,
         "image_size": cfg.data.image_size,
         "channels": cfg.data.channels,

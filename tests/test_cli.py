@@ -13,15 +13,16 @@ from rgap_bench.rank import analyse_model
 def test_entry_point_in_process_writes_metrics_with_the_counted_ranks(tmp_path, monkeypatch, compose_config):
     """`python -m rgap_bench`'s main() in this process (the subprocess runs below are marked slow)."""
     run_dir = tmp_path / "run"
-    argv = ["rgap_bench", "model=convnet", "data.image_size=8", "logger=none", "save_images=false"]
+    argv = ["rgap_bench", "model=convnet", "data.image_size=8", "logger=none", "save_images=false", "model.init=normal"]
     argv += [f"hydra.run.dir={run_dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     monkeypatch.setattr(sys, "argv", argv)
     main()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["psnr"] >= 60
     assert (metrics["run"]["model"], metrics["run"]["image_size"]) == ("convnet", 8)
+    assert (metrics["run"]["model_init"], metrics["run"]["model_init_std"]) == ("normal", 0.01)
     layers = json.loads((run_dir / "layers.json").read_text())["layers"]
-    model = instantiate(compose_config("model=convnet", "data.image_size=8").model)
+    model = instantiate(compose_config("model=convnet", "data.image_size=8", "model.init=normal").model)
     counted = analyse_model(model, numeric=False).layers
     assert [layer["rank_deficiency"] for layer in layers] == [row.predicted_deficiency for row in counted]
 

@@ -53,6 +53,8 @@ def test_only_noisy_uniquely_solved_converged_layers_are_polished():
     assert polish_reason([_report(rank_deficiency=4)], 1e-3, 1e-11) is None  # open directions: attack=hgap
     assert polish_reason([_report(dead_rows_dropped=3)], 1e-3, 1e-11) is None
     assert polish_reason([_report(normal_residual_rel=1e-2)], 1e-3, 1e-11) is None  # PCG budget, not noise
+    assert polish_reason([_report(prior_lam=0.03)], 1e-3, 1e-11) is None  # solved under the image prior
+    assert polish_reason([_report(prior_lam=0.0)], 1e-3, 1e-11) is not None  # GCV kept the plain solve
 
 
 def test_bad_polish_options_are_refused():

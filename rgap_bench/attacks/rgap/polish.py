@@ -8,8 +8,9 @@ input replaces R-GAP's only when its float64 gradient distance to the update is 
 the update.
 
 It runs only where it can help and cannot hide a structural problem: the update is noisy (the defence announced its
-sigma, or a layer's residual says the equations are inconsistent), one sample, and every layer's solve is unique
-and converged (a rank-deficient or ReLU-dropped layer is H-GAP's job: attack=hgap).
+sigma, or a layer's residual says the equations are inconsistent), one sample, every layer's solve is unique and
+converged (a rank-deficient or ReLU-dropped layer is H-GAP's job: attack=hgap), and the image was not already solved
+under the smoothness prior (`attack.image_prior`, conv image layers), whose gain matching without a prior undoes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def polish_reason(layers: list[LayerReport], noise_sigma: float | None, tol: flo
             return None  # open directions: matching would wander along them (H-GAP's job)
         if r.normal_residual_rel is not None and r.normal_residual_rel > CONVERGED_FACTOR * tol:
             return None  # an unconverged solve is a solver budget problem, not noise
+        if r.prior_lam:
+            # the image was solved under the smoothness prior: matching has no prior term and would pull the smoothed
+            # answer back towards the noisy gradient (cnn6, relative 1e-3: 33.8 -> 31.6 dB on photo 1)
+            return None
     if noise_sigma:
         return f"the update carries noise (sigma {noise_sigma:.3g})"
     worst = max((r.residual_rel for r in layers if r.residual_rel is not None), default=0.0)
@@ -47,25 +52,32 @@ def polish_reason(layers: list[LayerReport], noise_sigma: float | None, tol: flo
 
 
 def polish(model: nn.Module, update: ClientUpdate, rec: Reconstruction, iterations: int, why: str) -> Reconstruction:
-    """Match the update's gradient from R-GAP's answer (float64 L-BFGS, R-GAP's label fixed); keep the better."""
+    """Match the update's gradient from R-GAP's answer (float64 L-BFGS, R-GAP's label fixed, inputs projected onto
+    the image box [0, 1] after every step); keep the better of the two as images.
+
+    Both candidates are judged inside the box, by the gradient distance of their clamped images: the public prior
+    that inputs are images is what keeps a large noise level from handing the win to a far-off, lower-distance
+    point (fcn3 at relative noise 1e-1: 18.7 dB closed form, 5.2 dB polished without the box), and the projection
+    also speeds matching up near the answer (fcn3 photo 1 at 1e-4: 66 dB without it, 100 dB with it)."""
     start = time.perf_counter()
     target = MatchingTarget.from_update(model, update, "float64")
     labels = rec.labels.to(target.device)
     metric = DISTANCES["euclidean"]
-    before = target.distance(rec.inputs, labels)
+    before = target.distance(rec.inputs.clamp(0, 1), labels)
     x = rec.inputs.detach().to(device=target.device, dtype=target.dtype).clone().requires_grad_(True)
 
     def objective(v: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         dist = metric(target.gradients(v[0], labels, soft=False), target.shared)
         return dist, dist
 
-    settings = LoopSettings(optimizer="lbfgs", max_iterations=iterations, progress=False)
+    settings = LoopSettings(optimizer="lbfgs", max_iterations=iterations, box=(0.0, 1.0), progress=False)
     result = optimise([x], objective, settings, "rgap/polish")
-    after = target.distance(result.variables[0], labels)
+    polished = result.variables[0].detach().clamp(0, 1)
+    after = target.distance(polished, labels)
     accepted = math.isfinite(after) and after < before
     info = {
         "reason": why,
-        "gradient_distance_before": before,
+        "gradient_distance_before": before,  # of R-GAP's answer clamped to [0, 1]
         "gradient_distance_after": after,
         "evaluations": result.evaluations,
         "accepted": accepted,
@@ -75,7 +87,7 @@ def polish(model: nn.Module, update: ClientUpdate, rec: Reconstruction, iteratio
              result.evaluations, "kept" if accepted else "rejected")  # fmt: skip
     if not accepted:
         return dataclasses.replace(rec, info={**rec.info, "polish": info})
-    inputs = result.variables[0].detach().to(rec.inputs.dtype).cpu().reshape(rec.inputs.shape)
+    inputs = polished.to(rec.inputs.dtype).cpu().reshape(rec.inputs.shape)
     note = f"polished by gradient matching ({why}): gradient distance {before:.2e} -> {after:.2e}"
     return dataclasses.replace(
         rec,

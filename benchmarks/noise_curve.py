@@ -44,14 +44,22 @@ ATTACKS = {  # label -> Hydra overrides
         "attack.image_prior=none",
         "attack.polish=off",
     ],
-    "rgap": ["attack=rgap", "attack.rank=off"],  # noise-aware (the default): refit, image prior, polish
+    "rgap": ["attack=rgap", "attack.rank=off"],  # noise-aware closed form (the default): refit, image prior
+    "rgap_polish": ["attack=rgap", "attack.rank=off", "attack.polish=auto"],  # + gradient-matching polish
     "rgap_gcv": ["attack=rgap", "attack.rank=off", "attack.regularize=gcv"],
     "dlg": ["attack=dlg", "attack.max_iterations=300"],
     "ig": ["attack=ig"],  # the preset's budget: 2000 iterations x 2 restarts
 }
 NAMES = {"rgap_plain": "R-GAP plain (no refit, prior, polish)", "rgap": "R-GAP (default, noise-aware)",
+         "rgap_polish": "R-GAP + polish",
          "rgap_gcv": "R-GAP + GCV Tikhonov", "dlg": "DLG", "ig": "IG"}  # fmt: skip
-PAIRS = [("rgap", "dlg"), ("rgap", "ig"), ("dlg", "ig"), ("rgap_plain", "dlg")]  # crossings reported
+PAIRS = [
+    ("rgap", "dlg"),
+    ("rgap", "ig"),
+    ("dlg", "ig"),
+    ("rgap_plain", "dlg"),
+    ("rgap_polish", "dlg"),
+]  # crossings reported
 LEVELS = [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
 KEY = ("model", "init", "attack", "level", "image")
 FIELDS = [*KEY, "psnr", "mse", "status", "time_s", "commit"]

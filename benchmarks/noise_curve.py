@@ -7,7 +7,7 @@ row is exactly `python -m rgap_bench <overrides>` (printed with --show) and noth
 
     python benchmarks/noise_curve.py                                   # cnn6 + fcn3, both inits, 6 levels, 5 photos
     python benchmarks/noise_curve.py --attacks rgap rgap_plain --recompute  # redo only R-GAP's rows (new code)
-    python benchmarks/noise_curve.py --images 2 --levels 0 1e-4 1e-3 --attacks rgap --out /tmp/look  # a quick look
+    python benchmarks/noise_curve.py --images 2 --levels 0 1e-4 1e-3 --attacks rgap  # quick look; --out DIR: own cache
 
 The CSV in --out (default benchmarks/results) is a cache keyed by (model, init, attack, level, image): a row already
 there is reused (an interrupted run resumes), `--recompute` replaces the rows of this run's grid, and rows outside

@@ -1,8 +1,7 @@
 """Matrix-free layer systems: the scaled gradient and weight constraints of one layer as torch operators.
 
-For a conv layer the unknown is the interior input x (C, H, W). The gradient constraints are the weight-gradient
-map x -> corr(x, k) (one equation per kernel entry), the weight constraints are the convolution x -> conv(x, W);
-both are applied with conv2d / conv2d_weight and their adjoints with conv2d_input, so nothing of size
+For a conv layer the unknown is the interior input x (C, H, W). The gradient rows are x -> corr(x, k) (one per
+kernel entry), the weight rows x -> conv(x, W); both and their adjoints are convolutions, so nothing of size
 (equations x unknowns) is ever formed. Every row is scaled to unit norm, as in the explicit path.
 
 The gradient rows of a conv separate per input channel and share one small matrix K (C_out*kh*kw x H*W), so
@@ -43,8 +42,7 @@ class ConvSystem:
     geom: ConvGeometry
     scale_rows: bool = True
     pool: int = 1  # average pooling (kernel = stride) between the conv and the activation
-    # (F, Ho, Wo) bool, on the pooled outputs when pooled: outputs whose weight rows are kept (ReLU: dead ones have
-    # none; the activation follows the pooling, so a dead unit is a pooled output)
+    # (F, Ho, Wo) bool (pooled outputs when pooled): outputs whose weight rows are kept; ReLU's dead units have none
     alive: Tensor | None = None
     grad_scale: Tensor = field(init=False)
     weight_scale: Tensor = field(init=False)
@@ -127,12 +125,15 @@ class ConvSystem:
             out = out + self.weight_rows_adjoint(self.z * self.weight_scale)
         return out
 
-    def residual_rel(self, x: Tensor) -> float:
+    def residual_norms2(self, x: Tensor) -> tuple[float, float]:
+        """(||A x - b||^2, ||b||^2) of the scaled system."""
         parts = [(self.grad_rows(x), self.grad * self.grad_scale)]
         if self.z is not None:
             parts.append((self.weight_rows(x), self.z * self.weight_scale))
-        res = sum(float(((a - b) ** 2).sum()) for a, b in parts)
-        ref = sum(float((b**2).sum()) for _, b in parts)
+        return sum(float(((a - b) ** 2).sum()) for a, b in parts), sum(float((b**2).sum()) for _, b in parts)
+
+    def residual_rel(self, x: Tensor) -> float:
+        res, ref = self.residual_norms2(x)
         return (res / ref) ** 0.5 if ref > 0 else res**0.5
 
     def channel_matrix(self) -> Tensor:

@@ -60,14 +60,6 @@ def rows(system: ConvSystem) -> int:
     return grad_rows + (int((system.weight_scale != 0).sum()) if system.z is not None else 0)
 
 
-def residual2(system: ConvSystem, x: Tensor) -> float:
-    """||A x - b||^2 of the scaled system."""
-    out = float(((system.grad_rows(x) - system.grad * system.grad_scale) ** 2).sum())
-    if system.z is not None:
-        out += float(((system.weight_rows(x) - system.z * system.weight_scale) ** 2).sum())
-    return out
-
-
 def mean_diagonal(system: ConvSystem) -> float:
     """trace(N) / n: the scale lam is measured in, so that lam_rel means the same on any layer size."""
     _, h, w = system.geom.in_shape
@@ -102,12 +94,12 @@ def smooth_solve(
             iterations += probe.iterations
             trace += float((v * probe.x).sum()) / len(probes)
         dof = m - n + lam * trace
-        return result.x, residual2(system, result.x) / dof**2 if dof > 0 else float("inf")
+        return result.x, system.residual_norms2(result.x)[0] / dof**2 if dof > 0 else float("inf")
 
     if lam_rel is not None:
         x, score = solve(lam_rel, x0)
         return x, SmoothChoice(lam_rel, score, 1, iterations)
-    best = (0.0, x0, residual2(system, x0) / (m - n) ** 2 if m > n else float("inf"))
+    best = (0.0, x0, system.residual_norms2(x0)[0] / (m - n) ** 2 if m > n else float("inf"))
     x, worse, tried = x0, 0, 0
     for rel in GRID:
         x, score = solve(rel, x)

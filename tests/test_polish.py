@@ -24,8 +24,10 @@ def _mlp(seed: int) -> torch.nn.Module:
 def test_polishing_a_noisy_answer_brings_it_much_closer_to_the_private_input(seed, photo_batch, make_update, psnr):
     model, batch = _mlp(seed), photo_batch(8, 1, seed)
     noisy = GaussianNoise(sigma=1e-2, relative=True, seed=seed)(make_update(model, batch))
-    closed = RGAP(rank="off", polish="off")(model, noisy)
-    polished = RGAP(rank="off", polish="auto")(model, noisy)
+    # the row-scaled closed form (rank_one off) leaves the polish something to do; the rank-one fit is near the
+    # matching optimum by itself on these layers (tests/test_rank_one.py)
+    closed = RGAP(rank="off", polish="off", rank_one=False)(model, noisy)
+    polished = RGAP(rank="off", polish="auto", rank_one=False)(model, noisy)
     info = polished.info["polish"]
     assert info["accepted"] and info["gradient_distance_after"] < info["gradient_distance_before"]
     assert "polish" not in RGAP(rank="off")(model, noisy).info  # off by default: R-GAP stays closed form

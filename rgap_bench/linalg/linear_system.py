@@ -44,8 +44,7 @@ class LinearSystem:
         if self.z is None:
             x = rhs / alpha
             return x, self.residual_rel(x, None, None)
-        wscale = _inverse_norm((self.weight**2).sum(1)) if self.scale_rows else torch.ones_like(self.z)
-        wt = self.weight * wscale[:, None]
+        wt, wscale = self.scaled_weight_rows()
         rhs = rhs + wt.T @ (self.z * wscale)
         out = wt.shape[0]
         rule = rule_for(self.regularize, self.noise_sigma)
@@ -98,6 +97,13 @@ class LinearSystem:
         self.choice = choose_spectral(e_all, c_all, bb, rows, rule, noise2, mult)
         lam = self.choice.lam
         return v @ (c / (e + alpha + lam)) + rest / (alpha + lam)
+
+    def scaled_weight_rows(self) -> tuple[Tensor | None, Tensor | None]:
+        """(W~, the row scales): the weight rows as `solve` scales them; (None, None) without z."""
+        if self.z is None:
+            return None, None
+        wscale = _inverse_norm((self.weight**2).sum(1)) if self.scale_rows else torch.ones_like(self.z)
+        return self.weight * wscale[:, None], wscale
 
     def residual_rel(self, x: Tensor, wt: Tensor | None, wscale: Tensor | None) -> float:
         """Relative residual of the scaled system; `wt`, `wscale`: the scaled weight rows (None without z)."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any
@@ -147,14 +148,16 @@ class RGAP:
                     f"range of {self.options.dtype} to solve: check the client's loss and any defence's scale"
                 ) from exc
 
-    def _attack(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
+    def _attack(self, model: nn.Module, update: ClientUpdate, combined: bool = False) -> Reconstruction:
+        """One sample's update, or (`combined`) a batch's sum presented as one: its gradients are rank B, not one,
+        so the rank-one truncation of linear layers (`attack.rank_one`) is off for it."""
         meta = update.metadata
         scale = _check_update(meta)
         layers = read_layers(model, update, self.dtype)
         head = layers[-1]
         _check_head(head, meta)
         if meta.batch_size > 1:  # each sample when the batch splits, else the paper's combination (batch.py)
-            return attack_batch(model, update, layers, self._attack, scale)
+            return attack_batch(model, update, layers, functools.partial(self._attack, combined=True), scale)
         c, clamped = None, False
         if meta.loss.name == "binary_logistic":
             starts, c, clamped = _logistic_starts(head, meta, scale, self.dtype)
@@ -163,6 +166,8 @@ class RGAP:
         options = self.options
         if options.noise_sigma is None and meta.noise_sigma is not None:  # the defence announced its noise
             options = dataclasses.replace(options, noise_sigma=meta.noise_sigma)
+        if combined:
+            options = dataclasses.replace(options, rank_one=False)
         candidates = [recurse(layers, start, options, self.dtype) for start in starts]
         best = choose_candidate(candidates)
         status, reason = run_status(best.layers, clamped)

@@ -42,6 +42,9 @@ class RGAPOptions:
     image_prior: str = "smooth"
     image_prior_lam: float | None = None  # a fixed lam / mean diagonal of the normal matrix instead of GCV's
     prior_layers: int = 1  # the prior on the inputs of the bottom this many layers (convs only; 1: the image)
+    # a noisy one-sample update: each linear layer's input takes its direction from the top singular vector of its
+    # rank-one gradient k x^T and its length from the k-weighted gradient rows (linalg/rank_one.py; docs/noise.md)
+    rank_one: bool = True
     # the gradient noise's std the attacker assumes; null: the one the update's metadata announces (if any)
     noise_sigma: float | None = None
     # ReLU: a reconstructed output within this fraction of the layer's largest |output| is a dead unit (its weight

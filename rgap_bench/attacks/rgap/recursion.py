@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate, bias_equations
+from rgap_bench.attacks.rgap.noise_gate import noisy
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.pattern import settle_pattern
 from rgap_bench.attacks.rgap.plan import plan_layer
@@ -30,10 +31,6 @@ from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import cpu_threads, solve_threads
 from rgap_bench.linalg.smoothness import smooth_solve
 from rgap_bench.types import LayerReport, Reconstruction
-
-# the image layer's relative residual above which an update counts as noisy without announcing it: float32
-# gradients of a clean update leave 1.0e-6 on cnn6 photo 0, relative noise 1e-6 leaves 1.3e-5, 1e-5 leaves 1.3e-4
-PRIOR_FLOOR = 1e-5
 
 
 def _live_outputs(layer: RGAPLayer, x: Tensor, back_k: Tensor, options: RGAPOptions) -> Tensor:
@@ -128,9 +125,8 @@ def _has_image_prior(layer: RGAPLayer, options: RGAPOptions) -> bool:
 
 
 def _noisy(residual_rel: float, options: RGAPOptions) -> bool:
-    """Whether the image layer's plain solve needs the prior: the update announces noise, or its residual is above
-    what a clean update's float32 gradients leave (`PRIOR_FLOOR`); a clean update skips GCV's solves."""
-    return (options.noise_sigma or 0.0) > 0 or residual_rel > PRIOR_FLOOR
+    """Whether the image layer's plain solve needs the prior (`noise_gate.noisy`); a clean update skips GCV's solves."""
+    return noisy(residual_rel, options.noise_sigma)
 
 
 def _with_prior(layer: RGAPLayer, k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions, dtype: torch.dtype,

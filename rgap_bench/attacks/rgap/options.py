@@ -45,6 +45,9 @@ class RGAPOptions:
     # a noisy one-sample update: each linear layer's input takes its direction from the top singular vector of its
     # rank-one gradient k x^T and its length from the k-weighted gradient rows (linalg/rank_one.py; docs/noise.md)
     rank_one: bool = True
+    # a fully connected net (piecewise-linear activations) whose image layer got the rank-one fit: the image is then
+    # refined against every layer's fit at once, each weighted by ||k_l||^2 (Gauss-Newton; linalg/chain_refine.py)
+    chain_refine: bool = True
     # the gradient noise's std the attacker assumes; null: the one the update's metadata announces (if any)
     noise_sigma: float | None = None
     # ReLU: a reconstructed output within this fraction of the layer's largest |output| is a dead unit (its weight

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rgap_bench.attacks.rgap.chain import refinable, refine_image
 from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate, bias_equations
 from rgap_bench.attacks.rgap.noise_gate import noisy
 from rgap_bench.attacks.rgap.options import RGAPOptions
@@ -191,6 +192,7 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
     reports: list[LayerReport] = []
     x_next: Tensor | None = None
     null_basis = None
+    estimates: dict[int, tuple[Tensor, Tensor]] = {}  # each layer's solved input and its k (the chain refinement)
     for layer in reversed(layers):
         alive = None
         if x_next is not None:
@@ -218,10 +220,13 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
             if _has_image_prior(layer, options):
                 solved = _with_prior(layer, k, z, solved, options, dtype, alive)
         x_next, report, null_basis = solved
+        estimates[layer.index] = (x_next, k)
         if not _carries_null_space(layers, layer, options):
             null_basis = None
         reports.append(_with_bias(report, bias))
     reports = below_open(reports[::-1])
+    if options.chain_refine and refinable(layers, reports):
+        x_next, reports = refine_image(layers, estimates, reports)
     residuals = [r.residual_rel for r in reports if r.residual_rel is not None]
     image = x_next.reshape(1, *layers[0].in_shape).float().cpu()
     residual = float(np.mean(residuals))

@@ -36,21 +36,23 @@ from rgap_bench.logging.base import NullLogger
 from rgap_bench.task import run_experiment
 
 ATTACKS = {  # label -> Hydra overrides
-    # the paper's plain recursion: every noise-aware step off (pattern refit, image prior, polish)
+    # the paper's plain recursion: every noise-aware step off (pattern refit, image prior, rank-one fit, polish)
     "rgap_plain": [
         "attack=rgap",
         "attack.rank=off",
         "attack.refit_pattern=false",
         "attack.image_prior=none",
+        "attack.rank_one=false",
         "attack.polish=off",
     ],
-    "rgap": ["attack=rgap", "attack.rank=off"],  # noise-aware closed form (the default): refit, image prior
+    # noise-aware closed form (the default): refit, image prior, rank-one fit and chain refinement of linear layers
+    "rgap": ["attack=rgap", "attack.rank=off"],
     "rgap_polish": ["attack=rgap", "attack.rank=off", "attack.polish=auto"],  # + gradient-matching polish
     "rgap_gcv": ["attack=rgap", "attack.rank=off", "attack.regularize=gcv"],
     "dlg": ["attack=dlg", "attack.max_iterations=300"],
     "ig": ["attack=ig"],  # the preset's budget: 2000 iterations x 2 restarts
 }
-NAMES = {"rgap_plain": "R-GAP plain (no refit, prior, polish)", "rgap": "R-GAP (default, noise-aware)",
+NAMES = {"rgap_plain": "R-GAP plain (no refit, prior, rank-one fit, polish)", "rgap": "R-GAP (default, noise-aware)",
          "rgap_polish": "R-GAP + polish",
          "rgap_gcv": "R-GAP + GCV Tikhonov", "dlg": "DLG", "ig": "IG"}  # fmt: skip
 PAIRS = [

@@ -34,6 +34,9 @@ class RGAPOptions:
     refit_pattern: bool = True
     # conv layers: keep the refit round whose solve fits the weight rows best (else the last round; docs/noise.md)
     refit_best: bool = True
+    # conv layers whose pattern had signs in doubt: down-weight the gradient rows of a filter whose residual is an
+    # outlier (> 2x the median filter's: a wrong slope left in its k), reweighted iteratively (pattern.py, noise.md)
+    robust_filters: bool = True
     # none | gcv | discrepancy | auto: Tikhonov on each layer's least squares with lam from the data (docs/noise.md);
     # auto is the discrepancy principle when the noise std is known, else generalised cross-validation
     regularize: str = "none"

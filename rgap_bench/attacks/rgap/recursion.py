@@ -21,7 +21,7 @@ from rgap_bench.attacks.rgap.chain import refinable, refine_image
 from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate, bias_equations
 from rgap_bench.attacks.rgap.noise_gate import noisy
 from rgap_bench.attacks.rgap.options import RGAPOptions
-from rgap_bench.attacks.rgap.pattern import settle_pattern
+from rgap_bench.attacks.rgap.pattern import ROBUST_ROUNDS, PatternFit, filter_residuals, filter_weights, settle_pattern
 from rgap_bench.attacks.rgap.plan import plan_layer
 from rgap_bench.attacks.rgap.report import below_open, completed_below, layer_report
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
@@ -81,19 +81,20 @@ def _error_and_rows(
     return z, k, alive, bias
 
 
-def _solve_layer(
-    layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype, alive: Tensor | None = None
-) -> tuple[Tensor, LayerReport, Tensor | np.ndarray | None]:
+def _solve_layer(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype,
+                 alive: Tensor | None = None, grad_weight: Tensor | None = None) -> tuple:  # fmt: skip
     """One layer on its own: plan, solve, report; returns its input, its report and its null basis (if measured).
-    `alive` (a ReLU layer): the outputs whose weight rows are kept."""
+    `alive` (a ReLU layer): the outputs whose weight rows are kept; `grad_weight` (a conv, (F, 1, 1, 1)): a weight
+    on each filter's gradient rows (`pattern.filter_weights`)."""
     start = time.perf_counter()
     weight = layer.op.weight.detach().to(dtype)
     with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
-        return _plan_and_solve(layer, k, z, options, dtype, alive, weight, start)
+        return _plan_and_solve(layer, k, z, options, dtype, alive, weight, start, grad_weight)
 
 
 def _plan_and_solve(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype,
-                    alive: Tensor | None, weight: Tensor, start: float) -> tuple:  # fmt: skip
+                    alive: Tensor | None, weight: Tensor, start: float,
+                    grad_weight: Tensor | None) -> tuple:  # fmt: skip
     """`_solve_layer`'s work, inside its thread cap: a small layer's many tiny kernels (row scales, rank bounds,
     PCG, report) run fastest on one CPU thread, and two collapse when another process holds a core (on a busy
     2-core machine two threads made CNN6's gradient-row bound 0.01 -> 2.5 s)."""
@@ -104,6 +105,8 @@ def _plan_and_solve(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions
     if geom is not None:
         k_map = k.reshape(layer.out_shape)  # pooled layers: the pooled error (ConvSystem spreads it over P)
         system = ConvSystem(weight, k_map, layer.grad, z, geom, options.scale_rows, layer.pool, alive)
+        if grad_weight is not None:
+            system.grad_scale = system.grad_scale * grad_weight
     plan = plan_layer(layer, k, system, options, dtype)
     solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system, alive), plan, options)
     prior_lam = None
@@ -131,17 +134,39 @@ def _noisy(residual_rel: float, options: RGAPOptions) -> bool:
 
 
 def _with_prior(layer: RGAPLayer, k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions, dtype: torch.dtype,
-                alive: Tensor | None) -> tuple:  # fmt: skip
-    """The layer solved again under its prior once the refit settled k; a clean update keeps its plain solve and
-    reports lam 0."""
+                alive: Tensor | None, grad_weight: Tensor | None) -> tuple:  # fmt: skip
+    """The layer solved again under its prior once the refit settled k (with the same filter weights); a clean
+    update keeps its plain solve and reports lam 0."""
     x, report, null_basis = solved
     if _noisy(report.residual_rel, options):
-        return _solve_layer(layer, k, z, options, dtype, alive)
+        x, prior, null_basis = _solve_layer(layer, k, z, options, dtype, alive, grad_weight)
+        return x, dataclasses.replace(prior, note="; ".join(n for n in (report.note, prior.note) if n)), null_basis
     return x, dataclasses.replace(report, prior_lam=0.0), null_basis
 
 
+def _robust_filters(layer: RGAPLayer, k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions, dtype: torch.dtype,
+                    alive: Tensor | None) -> tuple[tuple, Tensor | None]:  # fmt: skip
+    """Re-solve a conv with its outlier filters' gradient rows down-weighted (`pattern.filter_weights`, up to
+    `ROBUST_ROUNDS` reweightings); returns the solve and the weights (None: no filter was an outlier)."""
+    weight = None
+    first_report = solved[1]
+    for _ in range(ROBUST_ROUNDS):
+        update = filter_weights(filter_residuals(layer, k, solved[0], dtype))
+        if update is None:
+            break
+        weight = update
+        solved = _solve_layer(layer, k, z, options, dtype, alive, weight)
+    if weight is None:
+        return solved, None
+    low = int((weight < 1).sum())
+    note = f"{low} filters' gradient rows down-weighted (min weight {float(weight.min()):.2g})"
+    x, report, null_basis = solved
+    report = dataclasses.replace(report, note="; ".join(n for n in (first_report.note, note) if n))
+    return (x, report, null_basis), weight
+
+
 def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions,
-                   dtype: torch.dtype) -> tuple[Tensor, tuple]:  # fmt: skip
+                   dtype: torch.dtype) -> tuple[Tensor, tuple, PatternFit]:  # fmt: skip
     """Refit the derivatives whose sign noise left in doubt (`pattern.settle_pattern`), noted in the report."""
     weight = layer.op.weight
     with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
@@ -159,7 +184,7 @@ def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, o
         note = f"activation pattern: {fit.doubtful} signs in doubt, {fit.changed} derivatives refitted"
         x, report, null_basis = solved
         solved = (x, dataclasses.replace(report, note="; ".join(n for n in (report.note, note) if n)), null_basis)
-    return k, solved
+    return k, solved, fit
 
 
 def _refits_pattern(layer: RGAPLayer) -> bool:
@@ -216,9 +241,12 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
         plain = dataclasses.replace(options, image_prior="none") if refits else options
         solved = _solve_layer(layer, k, z, plain, dtype, alive)
         if refits:
-            k, solved = _refit_pattern(layer, back_k, z, solved, plain, dtype)
+            k, solved, fit = _refit_pattern(layer, back_k, z, solved, plain, dtype)
+            grad_weight = None
+            if options.robust_filters and layer.is_conv and fit.doubtful:  # a clean pattern: k has no outliers
+                solved, grad_weight = _robust_filters(layer, k, z, solved, plain, dtype, alive)
             if _has_image_prior(layer, options):
-                solved = _with_prior(layer, k, z, solved, options, dtype, alive)
+                solved = _with_prior(layer, k, z, solved, options, dtype, alive, grad_weight)
         x_next, report, null_basis = solved
         estimates[layer.index] = (x_next, k)
         if not _carries_null_space(layers, layer, options):

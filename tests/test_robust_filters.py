@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.attacks.rgap.layers import RGAPLayer
-from rgap_bench.attacks.rgap.pattern import ROBUST, filter_residuals, filter_weights
+from rgap_bench.attacks.rgap.pattern import ROBUST, filter_residuals, filter_weights, in_doubt
 from rgap_bench.defenses.gaussian import GaussianNoise
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem
@@ -92,3 +92,15 @@ def test_robust_filters_help_a_noisy_update_and_leave_a_clean_one(photo_batch, m
     # measured +2.3 / +0.5 / +2.6 dB (cnn6 at 32x32, N(0, 0.01), photo 3 at relative 1e-4: +19 dB, docs/noise.md);
     # the old code had no reweighting (0)
     assert min(gains) >= 0 and sum(gains) / len(gains) > 0.5, gains
+
+
+def test_a_few_gross_misfits_do_not_widen_the_doubt_band():
+    """Wrong signs leave a few gross misfits between z and W x; the band is set by the typical misfit, so it stays
+    where the noise puts it instead of putting every entry within the outliers' rms in doubt."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.linspace(-1, 1, 2001, dtype=torch.float64)
+    misfit = 1e-3 * torch.randn(2001, generator=gen, dtype=torch.float64)
+    clean = int(in_doubt(z, misfit).sum())
+    misfit[::200] = 0.5  # 11 gross errors: the rms grows ~35x
+    assert int(in_doubt(z, misfit).sum()) <= 1.2 * clean
+    assert int((z.abs() < 2 * misfit.pow(2).mean().sqrt()).sum()) > 10 * clean  # what an rms band would flag

@@ -9,6 +9,7 @@ import torch
 from rgap_bench.attacks.rgap import RGAP
 from rgap_bench.data.photos import EmbeddedPhotos
 from rgap_bench.defenses.gaussian import GaussianNoise
+from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.chain_refine import ChainLink, refine_chain
 from rgap_bench.linalg.rank_one import rank_one_input, top_right_singular_vector
 from rgap_bench.models import build_convnet
@@ -87,7 +88,7 @@ def test_the_chain_refinement_returns_exact_estimates_unchanged_and_pools_noisy_
         torch.randn(20, 12, generator=gen, dtype=torch.float64),
         torch.randn(6, 20, generator=gen, dtype=torch.float64),
     )
-    links = [ChainLink(w1, None, 0.2), ChainLink(w2, None, 0.2)]
+    links = [ChainLink(w1, None, PiecewiseLinear(0.2)), ChainLink(w2, None, PiecewiseLinear(0.2))]
     x0 = torch.rand(12, generator=gen, dtype=torch.float64)
     x1 = torch.nn.functional.leaky_relu(w1 @ x0, 0.2)
     x2 = torch.nn.functional.leaky_relu(w2 @ x1, 0.2)

@@ -18,14 +18,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rgap_bench.linalg.activations import PiecewiseLinear
+
 
 @dataclass(frozen=True)
 class ChainLink:
-    """x_{l+1} = sigma(W x_l + b), sigma piecewise linear with `slope` below 0 (1: the identity)."""
+    """x_{l+1} = sigma(W x_l + b), sigma piecewise linear (sigma(z) = sigma'(z) z)."""
 
     weight: Tensor  # (out, n)
     bias: Tensor | None
-    slope: float
+    act: PiecewiseLinear
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def refine_chain(estimates: list[Tensor], precisions: list[float], links: list[C
         h, jac = x0, None
         for link, estimate, a in zip(links, estimates[1:], precisions[1:], strict=True):
             z = link.weight @ h + (link.bias if link.bias is not None else 0)
-            d = torch.where(z > 0, torch.ones_like(z), torch.full_like(z, link.slope))
+            d = link.act.derivative(z)
             h = d * z
             jac = d[:, None] * (link.weight if jac is None else link.weight @ jac)
             rows.append(a**0.5 * jac)

@@ -32,7 +32,7 @@ def refine_image(layers: list[RGAPLayer], estimates: dict[int, tuple[Tensor, Ten
     for layer in layers[:-1]:
         weight = layer.op.weight.detach().to(xs[0].dtype)
         bias = None if layer.op.bias is None else layer.op.bias.detach().to(xs[0].dtype)
-        links.append(ChainLink(weight.reshape(weight.shape[0], -1), bias, layer.act.slope))
+        links.append(ChainLink(weight.reshape(weight.shape[0], -1), bias, layer.act))
     fit = refine_chain(xs, precisions, links)
     note = (
         f"joint refinement over {len(layers)} layers: {fit.steps} Gauss-Newton steps, image moved {fit.moved_rel:.1e}"

@@ -112,7 +112,7 @@ def _plan_and_solve(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions
     prior_lam = None
     if _has_image_prior(layer, options) and system is not None and system.z is not None:
         prior_lam = options.image_prior_lam or 0.0
-        if options.image_prior_lam != 0 and _noisy(solve.residual_rel, options):
+        if options.image_prior_lam != 0 and noisy(solve.residual_rel, options.noise_sigma):
             x, choice = smooth_solve(system, solve.x, tol=options.tol, max_iter=options.max_iter,
                                      lam_rel=options.image_prior_lam)  # fmt: skip
             solve = dataclasses.replace(solve, x=x.reshape(layer.in_shape), residual_rel=system.residual_rel(x))
@@ -128,17 +128,12 @@ def _has_image_prior(layer: RGAPLayer, options: RGAPOptions) -> bool:
     return options.image_prior == "smooth" and layer.index < options.prior_layers and layer.is_conv
 
 
-def _noisy(residual_rel: float, options: RGAPOptions) -> bool:
-    """Whether the image layer's plain solve needs the prior (`noise_gate.noisy`); a clean update skips GCV's solves."""
-    return noisy(residual_rel, options.noise_sigma)
-
-
 def _with_prior(layer: RGAPLayer, k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions, dtype: torch.dtype,
                 alive: Tensor | None, grad_weight: Tensor | None) -> tuple:  # fmt: skip
     """The layer solved again under its prior once the refit settled k (with the same filter weights); a clean
     update keeps its plain solve and reports lam 0."""
     x, report, null_basis = solved
-    if _noisy(report.residual_rel, options):
+    if noisy(report.residual_rel, options.noise_sigma):  # a clean update skips GCV's solves
         x, prior, null_basis = _solve_layer(layer, k, z, options, dtype, alive, grad_weight)
         return x, dataclasses.replace(prior, note="; ".join(n for n in (report.note, prior.note) if n)), null_basis
     return x, dataclasses.replace(report, prior_lam=0.0), null_basis

@@ -79,18 +79,23 @@ def conv_constraints(
         )
     ]
     if z is not None:
-        w_rows = (torch.arange(filters)[:, None, None] * positions + torch.arange(positions)[None, None, :]).expand(
-            -1, ckk, -1
-        )
-        w_vals = weight.reshape(filters, ckk).double()[:, :, None].expand(-1, -1, positions)
-        blocks.append(
-            ConstraintBlock(
-                "weight",
-                _coo(w_rows.reshape(-1), cols.reshape(-1), w_vals.reshape(-1), (filters * positions, n)),
-                z.reshape(-1).double().numpy(),
-            )
-        )
+        blocks.append(ConstraintBlock("weight", weight_row_matrix(weight, geom, idx), z.reshape(-1).double().numpy()))
     return blocks
+
+
+def weight_row_matrix(weight: Tensor, geom: ConvGeometry, idx: Tensor | None = None) -> sp.csr_matrix:
+    """The conv x -> conv(x, weight) on the interior input (padding folded in as zeros) as a sparse
+    (F * L, C * H * W) matrix, in float64 on the host: one row per output unit, in conv2d's output order."""
+    idx = conv_patch_index(geom) if idx is None else idx  # (CKK, L)
+    ckk, positions = idx.shape
+    filters = weight.shape[0]
+    rows = (torch.arange(filters)[:, None, None] * positions + torch.arange(positions)[None, None, :]).expand(
+        -1, ckk, -1
+    )
+    vals = weight.detach().reshape(filters, ckk).double().cpu()[:, :, None].expand(-1, -1, positions)
+    cols = idx[None].expand(filters, -1, -1)
+    n = int(np.prod(geom.in_shape))
+    return _coo(rows.reshape(-1), cols.reshape(-1), vals.reshape(-1), (filters * positions, n))
 
 
 def linear_constraints(weight: Tensor, weight_grad: Tensor, k: Tensor, z: Tensor | None) -> list[ConstraintBlock]:

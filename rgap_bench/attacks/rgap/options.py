@@ -30,6 +30,10 @@ class RGAPOptions:
     tol: float = 1e-11  # iterative solver: relative residual of the normal equations
     max_iter: int = 3000  # iterative solver: iteration cap per layer
     carry_null_space: bool = True  # solve the layer below a rank-deficient one jointly with its null space
+    # composed | null_space (rank=auto): a conv whose counting bound predicts a null space is solved through the
+    # conv below, its weight rows composed with that conv in one sparse system (composed.py), or on its own first,
+    # densely, for the null space the conv below then takes on (null_space.py; rank=exact always does this)
+    joint: str = "composed"
     # refit the LeakyReLU derivatives whose sign noise leaves in doubt, then re-solve (a clean update has none)
     refit_pattern: bool = True
     # conv layers: keep the refit round whose solve fits the weight rows best (else the last round; docs/noise.md)
@@ -84,5 +88,7 @@ class RGAPOptions:
             raise ConfigError(f"attack.polish must be auto or off, got {self.polish!r}")
         if self.polish_iterations < 1:
             raise ConfigError(f"attack.polish_iterations must be >= 1, got {self.polish_iterations}")
+        if self.joint not in ("composed", "null_space"):
+            raise ConfigError(f"attack.joint must be composed or null_space, got {self.joint!r}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"attack.solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from rgap_bench.attacks.rgap.chain import refinable, refine_image
+from rgap_bench.attacks.rgap.deferred import DeferredLayer, conv_system, defer, defers, solve_below, without_bias
 from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate, bias_equations
 from rgap_bench.attacks.rgap.noise_gate import noisy
 from rgap_bench.attacks.rgap.options import RGAPOptions
@@ -28,7 +29,6 @@ from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_join
 from rgap_bench.attacks.rgap.start import HeadStart
 from rgap_bench.errors import RGapBenchError
 from rgap_bench.linalg.activations import PiecewiseLinear, Rectifier
-from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import cpu_threads, solve_threads
 from rgap_bench.linalg.smoothness import smooth_solve
 from rgap_bench.types import LayerReport, Reconstruction
@@ -98,13 +98,10 @@ def _plan_and_solve(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions
     """`_solve_layer`'s work, inside its thread cap: a small layer's many tiny kernels (row scales, rank bounds,
     PCG, report) run fastest on one CPU thread, and two collapse when another process holds a core (on a busy
     2-core machine two threads made CNN6's gradient-row bound 0.01 -> 2.5 s)."""
-    if layer.op.bias is not None:  # the weight rows are W x = z - b; the gradient rows do not see the bias
-        z = z - layer.op.bias.detach().to(dtype).reshape(-1, *[1] * (z.dim() - 1))
-    geom = layer.geometry
+    z = without_bias(layer, z)
     system = None
-    if geom is not None:
-        k_map = k.reshape(layer.out_shape)  # pooled layers: the pooled error (ConvSystem spreads it over P)
-        system = ConvSystem(weight, k_map, layer.grad, z, geom, options.scale_rows, layer.pool, alive)
+    if layer.is_conv:
+        system = conv_system(layer, k, z, options, weight, alive)
         if grad_weight is not None:
             system.grad_scale = system.grad_scale * grad_weight
     plan = plan_layer(layer, k, system, options, dtype)
@@ -213,10 +210,26 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
     x_next: Tensor | None = None
     null_basis = None
     estimates: dict[int, tuple[Tensor, Tensor]] = {}  # each layer's solved input and its k (the chain refinement)
+    pending: DeferredLayer | None = None  # a deficient conv waiting for the conv below (attack.joint=composed)
     for layer in reversed(layers):
         alive = None
-        if x_next is not None:
+        if layer is not layers[-1]:
             back_k = back_propagate(layers[layer.index + 1], k, dtype)
+            if pending is not None:
+                began = time.perf_counter()
+                solved = solve_below(pending, layer, options, dtype, back_k)
+                if solved is None:  # no proof through the composed system: the deficient layer's null space
+                    x_next, report, null_basis = _solve_layer(pending.layer, pending.k, pending.z, options, dtype)
+                    reports.append(_with_bias(report, pending.bias))
+                else:
+                    upper, joint = solved
+                    k = back_k * layer.act.derivative(layer.act.inverse(joint.x_upper))
+                    k, bias = bias_equations(layer, k)
+                    lower = _with_bias(layer_report(layer, joint, None, time.perf_counter() - began), bias)
+                    reports += [completed_below(_with_bias(upper, pending.bias), lower), lower]
+                    x_next, pending = joint.x, None
+                    continue
+                pending = None
             if null_basis is not None:
                 began = time.perf_counter()
                 joint = solve_joint(layer, back_k, x_next, null_basis, options, dtype)
@@ -228,6 +241,9 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
                 reports.append(lower)
                 continue
             z, k, alive, bias = _error_and_rows(layer, back_k, x_next, options)
+            if defers(layers, layer, options, alive):
+                pending = defer(layer, k, z, options, bias)  # solved with the conv below, reported then
+                continue
         else:
             k, bias = bias_equations(layer, k)
         refits = x_next is not None and options.refit_pattern and _refits_pattern(layer)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Generator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,9 +24,9 @@ from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate,
 from rgap_bench.attacks.rgap.noise_gate import noisy
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.pattern import ROBUST_ROUNDS, PatternFit, filter_residuals, filter_weights, settle_pattern
-from rgap_bench.attacks.rgap.plan import plan_layer
+from rgap_bench.attacks.rgap.plan import LayerPlan, plan_layer
 from rgap_bench.attacks.rgap.report import below_open, completed_below, layer_report
-from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
+from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, LayerSolve, solve_joint
 from rgap_bench.attacks.rgap.start import HeadStart
 from rgap_bench.errors import RGapBenchError
 from rgap_bench.linalg.activations import PiecewiseLinear, Rectifier
@@ -85,19 +87,21 @@ def _solve_layer(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, d
                  alive: Tensor | None = None, grad_weight: Tensor | None = None) -> tuple:  # fmt: skip
     """One layer on its own: plan, solve, report; returns its input, its report and its null basis (if measured).
     `alive` (a ReLU layer): the outputs whose weight rows are kept; `grad_weight` (a conv, (F, 1, 1, 1)): a weight
-    on each filter's gradient rows (`pattern.filter_weights`)."""
+    on each filter's gradient rows (`pattern.filter_weights`). A small layer's many tiny kernels (row scales, rank
+    bounds, PCG, report) run fastest on one CPU thread, and two collapse when another process holds a core (on a
+    busy 2-core machine two threads made CNN6's gradient-row bound 0.01 -> 2.5 s)."""
     start = time.perf_counter()
     weight = layer.op.weight.detach().to(dtype)
     with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
-        return _plan_and_solve(layer, k, z, options, dtype, alive, weight, start, grad_weight)
+        problem, plan = plan_problem(layer, k, z, options, dtype, alive, weight, grad_weight)
+        solve = STRATEGIES[plan.strategy](problem, plan, options)
+        return conclude_layer(problem, plan, solve, options, start)
 
 
-def _plan_and_solve(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype,
-                    alive: Tensor | None, weight: Tensor, start: float,
-                    grad_weight: Tensor | None) -> tuple:  # fmt: skip
-    """`_solve_layer`'s work, inside its thread cap: a small layer's many tiny kernels (row scales, rank bounds,
-    PCG, report) run fastest on one CPU thread, and two collapse when another process holds a core (on a busy
-    2-core machine two threads made CNN6's gradient-row bound 0.01 -> 2.5 s)."""
+def plan_problem(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype,
+                 alive: Tensor | None, weight: Tensor,
+                 grad_weight: Tensor | None = None) -> tuple[LayerProblem, LayerPlan]:  # fmt: skip
+    """One layer's equations (a conv's as its matrix-free system) and its plan, before any solve."""
     if layer.op.bias is not None:  # the weight rows are W x = z - b; the gradient rows do not see the bias
         z = z - layer.op.bias.detach().to(dtype).reshape(-1, *[1] * (z.dim() - 1))
     geom = layer.geometry
@@ -107,8 +111,14 @@ def _plan_and_solve(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions
         system = ConvSystem(weight, k_map, layer.grad, z, geom, options.scale_rows, layer.pool, alive)
         if grad_weight is not None:
             system.grad_scale = system.grad_scale * grad_weight
-    plan = plan_layer(layer, k, system, options, dtype)
-    solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system, alive), plan, options)
+    return LayerProblem(layer, weight, k, z, system, alive), plan_layer(layer, k, system, options, dtype)
+
+
+def conclude_layer(problem: LayerProblem, plan: LayerPlan, solve: LayerSolve, options: RGAPOptions,
+                   start: float) -> tuple:  # fmt: skip
+    """After the solve: the image prior where it applies (a noisy image layer) and the report; returns the layer's
+    input, its report and its null basis (if measured). `start`: when the layer's work began (its time_s)."""
+    layer, k, system, alive = problem.layer, problem.k, problem.system, problem.alive
     prior_lam = None
     if _has_image_prior(layer, options) and system is not None and system.z is not None:
         prior_lam = options.image_prior_lam or 0.0
@@ -206,8 +216,34 @@ def _with_bias(report: LayerReport, bias: BiasCheck | None) -> LayerReport:
     return dataclasses.replace(report, bias_equations=bias.equations, bias_residual_rel=bias.residual_rel)
 
 
+@dataclass(frozen=True)
+class FirstSolve:
+    """A layer's plain solve, asked of whoever drives a `walk`: `_solve_layer(layer, k, z, options, dtype, alive)`
+    alone (`recurse`), or batched with other walks' (`lockstep.recurse_many`)."""
+
+    layer: RGAPLayer
+    k: Tensor
+    z: Tensor
+    options: RGAPOptions
+    alive: Tensor | None
+
+
 def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dtype: torch.dtype) -> Reconstruction:
     """The reconstruction under one hypothesis on the output layer (its label, dL/dz and pre-activation)."""
+    steps = walk(layers, start, options, dtype)
+    try:
+        ask = next(steps)
+        while True:
+            ask = steps.send(_solve_layer(ask.layer, ask.k, ask.z, ask.options, dtype, ask.alive))
+    except StopIteration as done:
+        return done.value
+
+
+def walk(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions,
+         dtype: torch.dtype) -> Generator[FirstSolve, tuple, Reconstruction]:  # fmt: skip
+    """`recurse`'s walk down the layers, which hands each layer's plain solve to its driver (a `FirstSolve`; the
+    driver sends back what `_solve_layer` returns) so that several walks can share one batched solve; every other
+    solve (pattern refits, the prior, joint null-space solves) it does itself."""
     k, z = start.k, start.z
     reports: list[LayerReport] = []
     x_next: Tensor | None = None
@@ -234,7 +270,7 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
         # the refit judges doubt by the misfit of z and W x, which a prior's smoothing would inflate: the refit
         # solves plainly and the prior comes after it, once the pattern is settled
         plain = dataclasses.replace(options, image_prior="none") if refits else options
-        solved = _solve_layer(layer, k, z, plain, dtype, alive)
+        solved = yield FirstSolve(layer, k, z, plain, alive)
         if refits:
             k, solved, fit = _refit_pattern(layer, back_k, z, solved, plain, dtype)
             grad_weight = None

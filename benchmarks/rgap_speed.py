@@ -49,6 +49,9 @@ CASES = {
     "cnn6-128": ("cnn6", 128, 3, "float64", False),
     "wide-128": ("wide", 128, 3, "float64", False),
     "fcn3": ("fcn3", 28, 1, "float64", True),
+    # 64 images in one call (RGAP.attack_many: one batched PCG per conv layer) against 64 separate default calls in
+    # the same process; the 40 embedded photos plus horizontal flips of photos 0-23
+    "cnn6-32-batch64": ("cnn6", 32, 3, "float64", False, {"batch": 64}),
     "fcn3-wide": ("fcn3-wide", 28, 1, "float64", False),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -144,6 +147,65 @@ def timed_attack(model, update, batch, device: str = "cpu", **kwargs) -> dict:
     }
 
 
+def photo_updates(client, count: int, size: int) -> tuple[list, list]:
+    """`count` photos' updates (the embedded photos, then horizontal flips of the first ones) and their images."""
+    import dataclasses
+
+    from rgap_bench.data.photos import EmbeddedPhotos
+
+    photos = [EmbeddedPhotos(name="photos", image_size=size, channels=3, index=i).private_batch(0) for i in range(40)]
+    flips = [dataclasses.replace(b, inputs=b.inputs.flip(-1)) for b in photos[: max(count - len(photos), 0)]]
+    batches = (photos + flips)[:count]
+    return [client.compute_update(b) for b in batches], [b.inputs for b in batches]
+
+
+def run_batch_case(name: str, count: int, solver: str, repeats: int, device: str = "cpu") -> dict:
+    """`count` CNN6 images in one `attack_many` call against one default call per image, interleaved in one process
+    (so that both see the same load); per-image times are the medians over `repeats` rounds divided by `count`."""
+    import torch
+
+    from rgap_bench.attacks.rgap import RGAP
+    from rgap_bench.fl.client import FedSGDClient
+    from rgap_bench.metrics import reconstruction_metrics
+
+    model_name, size, channels, dtype, *_ = CASES[name]
+    model, _, _ = build(model_name, size, channels, device)
+    updates, images = photo_updates(FedSGDClient(model).to(device), count, size)
+    attack = RGAP(solver=solver, dtype=dtype)
+    warmup_s = None
+    if device == "cuda":  # context, handles and kernels, on a few images
+        start = CLOCK()
+        attack.attack_many(model, updates[:4])
+        sync(device)
+        warmup_s = CLOCK() - start
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    batched, looped = [], []
+    for _ in range(repeats):
+        sync(device)
+        start = CLOCK()
+        recs = attack.attack_many(model, updates)
+        sync(device)
+        batched.append(CLOCK() - start)
+        start = CLOCK()
+        for update in updates:
+            attack(model, update)
+        sync(device)
+        looped.append(CLOCK() - start)
+    scores = [reconstruction_metrics(r.inputs, x)["psnr"] for r, x in zip(recs, images, strict=True)]
+    one, loop = statistics.median(batched), statistics.median(looped)
+    out = {
+        "case": name, "solver": solver, "dtype": dtype, **device_info(device),
+        "images": count, "total_s": one, "median_s": one / count, "runs_s": batched, "loop_per_image_s": loop / count,
+        "loop_runs_s": looped, "ratio_to_loop": one / loop, "psnr": statistics.mean(scores), "psnr_min": min(scores),
+        "exact": sum(r.status == "exact" for r in recs), "warmup_s": warmup_s, "layers": [],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_attack_mb": base_rss,
+    }  # fmt: skip
+    if device == "cuda":
+        out.update(peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20)
+    return out
+
+
 def run_case(
     name: str, solver: str, repeats: int, device: str = "cpu", reference: bool = True, baseline: str | None = None
 ) -> dict:
@@ -151,6 +213,8 @@ def run_case(
 
     model_name, size, channels, dtype, with_reference, *extra = CASES[name]
     options = extra[0] if extra else {}
+    if "batch" in options:
+        return run_batch_case(name, options["batch"], solver, repeats, device)
     model, batch, update = build(model_name, size, channels, device)
     warmup_s = cuda_base = None
     if device == "cuda":
@@ -232,6 +296,18 @@ def layer_cell(layer: list) -> str:
     return f"{seconds:.3f}" + (f" ({iterations})" if iterations else "") + (f" [{how}]" if how else "")
 
 
+def batch_note(r: dict) -> str:
+    """A batch row's last cell: the one call against one call per image (in the same process), and the scores."""
+    if "images" not in r:
+        return ""
+    return (
+        f"{r['images']} images in one call: {r['total_s']:.2f} s, {r['median_s']:.4f} s/image; {r['images']} "
+        f"separate calls in the same process: {r['loop_per_image_s']:.4f} s/image (one call / separate = "
+        f"{r['ratio_to_loop']:.2f}); PSNR mean {r['psnr']:.1f}, min {r['psnr_min']:.1f} dB, {r['exact']} exact "
+        "(photos 0-39 and horizontal flips of 0-23)"
+    )
+
+
 def markdown(rows: list[dict]) -> str:
     cuda = any(r.get("device") == "cuda" for r in rows)
     columns = 11 if cuda else 10
@@ -245,7 +321,7 @@ def markdown(rows: list[dict]) -> str:
             cells = [r["case"], r["solver"], "", f"failed: {r['error'][:80]}"] + [""] * (columns - 4)
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        split = ", ".join(layer_cell(layer) for layer in r["layers"])
+        split = ", ".join(layer_cell(layer) for layer in r["layers"]) or batch_note(r)
         if "baseline_median_s" in r:
             split += f"; rank={r['baseline_rank']} in the same process: {r['baseline_median_s']:.3f} s"
         ref = (

@@ -11,9 +11,9 @@ from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.plan import LayerPlan
 from rgap_bench.attacks.rgap.solvers.base import LayerProblem, LayerSolve
 from rgap_bench.linalg.batched_system import StackedBlockJacobi, StackedSystems
-from rgap_bench.linalg.operators import BlockJacobi
+from rgap_bench.linalg.operators import BlockJacobi, ConvSystem
 from rgap_bench.linalg.pcg import pcg, pcg_many
-from rgap_bench.linalg.resources import cpu_threads, dense_bytes, solve_threads
+from rgap_bench.linalg.resources import batch_bytes, cpu_threads, dense_bytes, solve_threads
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +45,51 @@ def solve_pcg(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> L
 
 def solve_pcg_many(problems: list[LayerProblem], plans: list[LayerPlan], options: RGAPOptions) -> list[LayerSolve]:
     """`solve_pcg` for several samples' systems of one layer (same weights, every one with weight rows) as batched
-    PCGs (`pcg.pcg_many`), one per kind of preconditioner (mode and dtype), each sample checked and stopped as
-    `solve_pcg` would; the same solutions up to rounding."""
+    PCGs (`pcg.pcg_many`) over runs of consecutive samples with the same kind of preconditioner (mode and dtype),
+    each run as long as its stacked operators fit `resources.batch_bytes`; each sample is checked and stopped as
+    `solve_pcg` would stop it, so the solutions are the same up to rounding."""
     weight = problems[0].weight
+    budget = batch_bytes(weight.device)
     work = len(problems) * problems[0].layer.unknowns * weight[0].numel()
+    solves: list[LayerSolve] = []
+    run: list[tuple[LayerProblem, BlockJacobi]] = []
     with cpu_threads(solve_threads(weight.device, work)):
-        pres = [_preconditioner(p, plan) for p, plan in zip(problems, plans, strict=True)]
-        groups: dict[tuple, list[int]] = {}
-        for i, pre in enumerate(pres):
-            groups.setdefault((pre.mode, pre.dtype), []).append(i)
-        solves: dict[int, LayerSolve] = {}
-        for members in groups.values():
-            systems = [problems[i].system for i in members]
-            starts = [s.weight_row_start() for s in systems]
-            x0 = torch.stack([torch.zeros(s.shape, dtype=weight.dtype, device=weight.device) if x is None else x
-                              for s, x in zip(systems, starts, strict=True)])  # fmt: skip
-            rhs = torch.stack([s.normal_rhs() for s in systems])
-            pre = StackedBlockJacobi([pres[i] for i in members])
-            result = pcg_many(StackedSystems(systems), rhs, pre, tol=options.tol, max_iter=options.max_iter, x0=x0)
-            for j, i in enumerate(members):
-                solves[i] = _layer_solve(problems[i], result.x[j], result.iterations[j],
-                                         result.normal_residual_rel[j], options)  # fmt: skip
-    return [solves[i] for i in range(len(problems))]
+        for problem, plan in zip(problems, plans, strict=True):
+            pre = _preconditioner(problem, plan)
+            kind = (pre.mode, pre.dtype)
+            full = budget is not None and (len(run) + 1) * _stacked_bytes(problem.system, pre) > budget
+            if run and (full or kind != (run[0][1].mode, run[0][1].dtype)):
+                solves += _solve_run(run, options)
+                run = []
+            run.append((problem, pre))
+        solves += _solve_run(run, options)
+    return solves
+
+
+def _stacked_bytes(system: ConvSystem, pre: BlockJacobi) -> float:
+    """What one sample adds to the stacked operators: its preconditioner's blocks (and K) and its K^T K."""
+    size = sum(t.numel() * t.element_size() for t in (pre.inverse, pre.kmat) if t is not None)
+    gram = system.channel_gram()
+    return size + (gram.numel() * gram.element_size() if gram is not None else 0)
+
+
+def _solve_run(run: list[tuple[LayerProblem, BlockJacobi]], options: RGAPOptions) -> list[LayerSolve]:
+    """One batched PCG over a run of samples of one kind."""
+    systems = [problem.system for problem, _ in run]
+    starts = [system.weight_row_start() for system in systems]
+    x0 = torch.stack(
+        [
+            torch.zeros(s.shape, dtype=s.weight.dtype, device=s.weight.device) if x is None else x
+            for s, x in zip(systems, starts, strict=True)
+        ]
+    )
+    rhs = torch.stack([system.normal_rhs() for system in systems])
+    pre = StackedBlockJacobi([p for _, p in run])
+    result = pcg_many(StackedSystems(systems), rhs, pre, tol=options.tol, max_iter=options.max_iter, x0=x0)
+    return [
+        _layer_solve(problem, result.x[j], result.iterations[j], result.normal_residual_rel[j], options)
+        for j, (problem, _) in enumerate(run)
+    ]
 
 
 def _layer_solve(problem: LayerProblem, x: Tensor, iterations: int, normal_residual_rel: float,

@@ -1,12 +1,13 @@
 """Several independent recursions on one model walked down its layers together (`RGAP.attack_many`), so that each
-conv layer's plain solve is one batched PCG over the samples (`solvers.iterative.solve_pcg_many`) instead of B.
+conv layer's plain solves are one batched PCG over the samples (`solvers.iterative.solve_pcg_many`) instead of B.
 
-Each recursion is `recursion.walk`, the same code `recurse` drives; only who solves a layer's first, plain system
-differs. Everything around it (the rank bounds of the plan, linear layers, reports, pattern checks) runs per
-sample as it does alone. A recursion leaves the lockstep as soon as it needs more than the plain path: a layer
-that is noisy (its residual above the noise floor, or noise announced), rank-deficient or carries a null space
-down; its owner (the update) is then attacked on its own, so no answer depends on whether it was batched beyond
-rounding.
+Each recursion is `recursion.walk`, the same code `recurse` drives; only who does a layer's plain solves differs
+(its first solve, and the re-solves of the activation-pattern refit, which float32 gradients trigger on clean
+updates too: a few |z| fall inside the doubt band). Everything else (the plan's rank bounds, linear layers,
+reports, the refit itself) runs per sample as it does alone. A recursion leaves the lockstep as soon as it needs
+more than the plain path: a layer that is noisy (its residual above the noise floor, or noise announced),
+rank-deficient or carries a null space down; its owner (the update) is then attacked on its own, so no answer
+depends on whether it was batched beyond rounding.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from rgap_bench.attacks.rgap.layers import RGAPLayer
 from rgap_bench.attacks.rgap.noise_gate import noisy
 from rgap_bench.attacks.rgap.options import RGAPOptions
-from rgap_bench.attacks.rgap.recursion import FirstSolve, conclude_layer, plan_problem, walk
+from rgap_bench.attacks.rgap.recursion import PlainSolve, conclude_layer, plan_problem, walk
 from rgap_bench.attacks.rgap.solvers import STRATEGIES
 from rgap_bench.attacks.rgap.solvers.iterative import solve_pcg_many
 from rgap_bench.attacks.rgap.start import HeadStart
@@ -50,9 +51,9 @@ def recurse_many(jobs: list[Job], dtype: torch.dtype) -> list[Reconstruction | N
     """Every job's reconstruction, in order; None for a job that left the lockstep (`needs_alone`)."""
     walks = [walk(job.layers, job.start, job.options, dtype) for job in jobs]
     results: list[Reconstruction | None] = [None] * len(jobs)
-    asks: dict[int, FirstSolve] = {}
+    asks: dict[int, PlainSolve] = {}
 
-    def advance(i: int, step: Callable[[], FirstSolve]) -> None:
+    def advance(i: int, step: Callable[[], PlainSolve]) -> None:
         try:
             asks[i] = step()
         except StopIteration as done:
@@ -78,8 +79,8 @@ def recurse_many(jobs: list[Job], dtype: torch.dtype) -> list[Reconstruction | N
     return results
 
 
-def solve_first(layer: RGAPLayer, asks: list[FirstSolve], dtype: torch.dtype) -> list[tuple]:
-    """The plain solves of one layer for several walks: what `recursion._solve_layer` returns for each, the PCG
+def solve_first(layer: RGAPLayer, asks: list[PlainSolve], dtype: torch.dtype) -> list[tuple]:
+    """Plain solves of one layer for several walks: what `recursion._solve_layer` returns for each, the PCG
     layers with equal options solved as one batch; each report's time is its own setup plus its share of the
     batch."""
     weight = layer.op.weight.detach().to(dtype)

@@ -23,7 +23,7 @@ from rgap_bench.attacks.rgap.chain import refinable, refine_image
 from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate, bias_equations
 from rgap_bench.attacks.rgap.noise_gate import noisy
 from rgap_bench.attacks.rgap.options import RGAPOptions
-from rgap_bench.attacks.rgap.pattern import ROBUST_ROUNDS, PatternFit, filter_residuals, filter_weights, settle_pattern
+from rgap_bench.attacks.rgap.pattern import ROBUST_ROUNDS, PatternFit, filter_residuals, filter_weights, refit_rounds
 from rgap_bench.attacks.rgap.plan import LayerPlan, plan_layer
 from rgap_bench.attacks.rgap.report import below_open, completed_below, layer_report
 from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, LayerSolve, solve_joint
@@ -171,20 +171,22 @@ def _robust_filters(layer: RGAPLayer, k: Tensor, z: Tensor, solved: tuple, optio
 
 
 def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions,
-                   dtype: torch.dtype) -> tuple[Tensor, tuple, PatternFit]:  # fmt: skip
-    """Refit the derivatives whose sign noise left in doubt (`pattern.settle_pattern`), noted in the report."""
+                   dtype: torch.dtype) -> Generator[PlainSolve, tuple, tuple[Tensor, tuple, PatternFit]]:  # fmt: skip
+    """Refit the derivatives whose sign noise left in doubt (`pattern.refit_rounds`), noted in the report; its
+    re-solves are asked of the walk's driver, its own work runs under the layer's thread cap."""
     weight = layer.op.weight
-    with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
-        k, solved, fit = settle_pattern(
-            layer,
-            back_k,
-            z,
-            lambda kk: _solve_layer(layer, kk, z, options, dtype),
-            solved,
-            lambda s: s[0],
-            dtype,
-            keep_best=options.refit_best and layer.is_conv,  # linear layers: see docs/noise.md ("Best round")
-        )
+    keep_best = options.refit_best and layer.is_conv  # linear layers: see docs/noise.md ("Best round")
+    steps = refit_rounds(layer, back_k, z, solved, lambda s: s[0], dtype, keep_best=keep_best)
+    threads = solve_threads(weight.device, layer.unknowns * weight[0].numel())  # small layers: 1 thread
+    try:
+        with cpu_threads(threads):
+            kk = next(steps)
+        while True:
+            again = yield PlainSolve(layer, kk, z, options, None)
+            with cpu_threads(threads):
+                kk = steps.send(again)
+    except StopIteration as done:
+        k, solved, fit = done.value
     if fit.doubtful:
         note = f"activation pattern: {fit.doubtful} signs in doubt, {fit.changed} derivatives refitted"
         x, report, null_basis = solved
@@ -217,9 +219,8 @@ def _with_bias(report: LayerReport, bias: BiasCheck | None) -> LayerReport:
 
 
 @dataclass(frozen=True)
-class FirstSolve:
-    """A layer's plain solve, asked of whoever drives a `walk`: `_solve_layer(layer, k, z, options, dtype, alive)`
-    alone (`recurse`), or batched with other walks' (`lockstep.recurse_many`)."""
+class PlainSolve:
+    """A layer's plain solve (its first, or a pattern refit's), asked of a `walk`'s driver: `_solve_layer` alone."""
 
     layer: RGAPLayer
     k: Tensor
@@ -240,10 +241,9 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
 
 
 def walk(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions,
-         dtype: torch.dtype) -> Generator[FirstSolve, tuple, Reconstruction]:  # fmt: skip
-    """`recurse`'s walk down the layers, which hands each layer's plain solve to its driver (a `FirstSolve`; the
-    driver sends back what `_solve_layer` returns) so that several walks can share one batched solve; every other
-    solve (pattern refits, the prior, joint null-space solves) it does itself."""
+         dtype: torch.dtype) -> Generator[PlainSolve, tuple, Reconstruction]:  # fmt: skip
+    """`recurse`'s walk down the layers; it asks its driver for the plain solves (`PlainSolve`: the driver sends back
+    what `_solve_layer` returns, `lockstep.py` batches them over walks), and does the others itself."""
     k, z = start.k, start.z
     reports: list[LayerReport] = []
     x_next: Tensor | None = None
@@ -270,9 +270,9 @@ def walk(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions,
         # the refit judges doubt by the misfit of z and W x, which a prior's smoothing would inflate: the refit
         # solves plainly and the prior comes after it, once the pattern is settled
         plain = dataclasses.replace(options, image_prior="none") if refits else options
-        solved = yield FirstSolve(layer, k, z, plain, alive)
+        solved = yield PlainSolve(layer, k, z, plain, alive)
         if refits:
-            k, solved, fit = _refit_pattern(layer, back_k, z, solved, plain, dtype)
+            k, solved, fit = yield from _refit_pattern(layer, back_k, z, solved, plain, dtype)
             grad_weight = None
             if options.robust_filters and layer.is_conv and fit.doubtful:  # a clean pattern: k has no outliers
                 solved, grad_weight = _robust_filters(layer, k, z, solved, plain, dtype, alive)

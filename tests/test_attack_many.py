@@ -16,6 +16,7 @@ from rgap_bench.linalg.batched_system import StackedBlockJacobi, StackedSystems
 from rgap_bench.linalg.constraints import ConvGeometry
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem
 from rgap_bench.linalg.pcg import pcg, pcg_many
+from rgap_bench.linalg.symbol import shared_weights, symbol_norm_bound, symbol_sigma_bounds
 from rgap_bench.models import build_convnet, cnn6
 
 
@@ -160,3 +161,15 @@ def test_one_update_and_none(photo_batch, make_update):
     [one] = attack.attack_many(model, [update])
     _assert_same(one, attack(model, update))
     assert attack.attack_many(model, []) == []
+
+
+def test_shared_weight_bounds_are_keyed_by_the_weights_content():
+    """attack_many computes the weight rows' symbol bounds once per layer: the same numbers as alone, and a weight of
+    other content gets its own."""
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(12, 3, 4, 4, dtype=torch.float64, generator=gen)
+    geom = ConvGeometry((3, 32, 32), (4, 4), (2, 2), (2, 2))
+    alone = symbol_norm_bound(weight, geom), symbol_sigma_bounds(weight, geom)
+    with shared_weights():
+        assert (symbol_norm_bound(weight.clone(), geom), symbol_sigma_bounds(weight.clone(), geom)) == alone
+        assert symbol_norm_bound(2 * weight, geom) == pytest.approx(2 * alone[0], rel=1e-9)

@@ -26,6 +26,7 @@ from rgap_bench.attacks.rgap.start import HeadStart, Hypotheses
 from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.precision import conv_tf32
+from rgap_bench.linalg.symbol import shared_weights
 from rgap_bench.options import build_options
 from rgap_bench.types import ClientUpdate, Reconstruction, UpdateMetadata
 
@@ -154,7 +155,7 @@ class RGAP:
         updates]` returns them up to rounding: the one-sample ones walk down the layers together and each conv
         layer's plain solve is one batched PCG over them, on the model's device (`lockstep.py`). An update that
         needs more (a batch, noise, a rank-deficient layer) is attacked on its own."""
-        with conv_tf32(False):
+        with conv_tf32(False), shared_weights():  # the weight rows' symbol bounds: once per layer, not per sample
             try:
                 return self._attack_many(model, updates)
             except torch.linalg.LinAlgError as exc:

@@ -11,6 +11,9 @@ same process as the reference for the speed ratio. Prints a Markdown table and w
     python benchmarks/rgap_speed.py --cases cnn6-32-auto --repeats 5 --no-reference --baseline-rank off
 
 --clock cpu (with OMP_NUM_THREADS=1) times by CPU time instead, for a shared machine.
+cnn6-32-batch64 is "64 images, one call": RGAP.attack_many on 64 photos' updates (one batched PCG per conv layer)
+against 64 separate default calls, interleaved round by round in the same process (its own results file with
+--out, e.g. --out benchmarks/results/rgap_speed_batch).
 --baseline-rank times another attack.rank in the same process, interleaved with the measured runs, and reports
 its median beside the case's: on a shared machine the ratio holds where absolute times do not.
 

@@ -47,49 +47,46 @@ def solve_pcg_many(problems: list[LayerProblem], plans: list[LayerPlan], options
     """`solve_pcg` for several samples' systems of one layer (same weights, every one with weight rows) as batched
     PCGs (`pcg.pcg_many`) over runs of consecutive samples with the same kind of preconditioner (mode and dtype),
     each run as long as its stacked operators fit `resources.batch_bytes`; each sample is checked and stopped as
-    `solve_pcg` would stop it, so the solutions are the same up to rounding."""
+    `solve_pcg` would stop it, so the solutions are the same up to rounding. Thread caps as `solve_pcg`'s, for a
+    sample's preconditioner and for a run's PCG (its work: the run's samples together)."""
     weight = problems[0].weight
     budget = batch_bytes(weight.device)
-    work = len(problems) * problems[0].layer.unknowns * weight[0].numel()
+    work = problems[0].layer.unknowns * weight[0].numel()
     solves: list[LayerSolve] = []
     run: list[tuple[LayerProblem, BlockJacobi]] = []
-    with cpu_threads(solve_threads(weight.device, work)):
-        for problem, plan in zip(problems, plans, strict=True):
+    for problem, plan in zip(problems, plans, strict=True):
+        with cpu_threads(solve_threads(weight.device, work)):
             pre = _preconditioner(problem, plan)
-            kind = (pre.mode, pre.dtype)
-            full = budget is not None and (len(run) + 1) * _stacked_bytes(problem.system, pre) > budget
-            if run and (full or kind != (run[0][1].mode, run[0][1].dtype)):
-                solves += _solve_run(run, options)
-                run = []
-            run.append((problem, pre))
-        solves += _solve_run(run, options)
-    return solves
+        kind = (pre.mode, pre.dtype)
+        full = budget is not None and (len(run) + 1) * _stacked_bytes(problem.system, pre) > budget
+        if run and (full or kind != (run[0][1].mode, run[0][1].dtype)):
+            solves += _solve_run(run, options, work)
+            run = []
+        run.append((problem, pre))
+    return solves + _solve_run(run, options, work)
 
 
 def _stacked_bytes(system: ConvSystem, pre: BlockJacobi) -> float:
-    """What one sample adds to the stacked operators: its preconditioner's blocks (and K) and its K^T K."""
-    size = sum(t.numel() * t.element_size() for t in (pre.inverse, pre.kmat) if t is not None)
-    gram = system.channel_gram()
-    return size + (gram.numel() * gram.element_size() if gram is not None else 0)
+    """What one sample adds to the stacked operators: its preconditioner's blocks (and K, Woodbury) and its K^T K."""
+    parts = (pre.inverse, pre.kmat if pre.mode == "woodbury" else None, system.channel_gram())
+    return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
 
-def _solve_run(run: list[tuple[LayerProblem, BlockJacobi]], options: RGAPOptions) -> list[LayerSolve]:
-    """One batched PCG over a run of samples of one kind."""
+def _solve_run(run: list[tuple[LayerProblem, BlockJacobi]], options: RGAPOptions, work: float) -> list[LayerSolve]:
+    """One batched PCG over a run of samples of one kind (`work`: one sample's, for the thread cap)."""
     systems = [problem.system for problem, _ in run]
-    starts = [system.weight_row_start() for system in systems]
-    x0 = torch.stack(
-        [
-            torch.zeros(s.shape, dtype=s.weight.dtype, device=s.weight.device) if x is None else x
-            for s, x in zip(systems, starts, strict=True)
+    weight = systems[0].weight
+    with cpu_threads(solve_threads(weight.device, len(run) * work)):
+        starts = [system.weight_row_start() for system in systems]
+        zeros = torch.zeros(systems[0].shape, dtype=weight.dtype, device=weight.device)
+        x0 = torch.stack([zeros if x is None else x for x in starts])
+        rhs = torch.stack([system.normal_rhs() for system in systems])
+        pre = StackedBlockJacobi([p for _, p in run])
+        result = pcg_many(StackedSystems(systems), rhs, pre, tol=options.tol, max_iter=options.max_iter, x0=x0)
+        return [
+            _layer_solve(problem, result.x[j], result.iterations[j], result.normal_residual_rel[j], options)
+            for j, (problem, _) in enumerate(run)
         ]
-    )
-    rhs = torch.stack([system.normal_rhs() for system in systems])
-    pre = StackedBlockJacobi([p for _, p in run])
-    result = pcg_many(StackedSystems(systems), rhs, pre, tol=options.tol, max_iter=options.max_iter, x0=x0)
-    return [
-        _layer_solve(problem, result.x[j], result.iterations[j], result.normal_residual_rel[j], options)
-        for j, (problem, _) in enumerate(run)
-    ]
 
 
 def _layer_solve(problem: LayerProblem, x: Tensor, iterations: int, normal_residual_rel: float,

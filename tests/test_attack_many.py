@@ -173,3 +173,26 @@ def test_shared_weight_bounds_are_keyed_by_the_weights_content():
     with shared_weights():
         assert (symbol_norm_bound(weight.clone(), geom), symbol_sigma_bounds(weight.clone(), geom)) == alone
         assert symbol_norm_bound(2 * weight, geom) == pytest.approx(2 * alone[0], rel=1e-9)
+
+
+def test_updates_of_two_models_are_batched_per_model(photo_batch, make_update):
+    """A layer's batch shares its weights: two models' updates in one call still give each model's own answer."""
+    models = [_tiny_cnn(3), _tiny_cnn(4)]
+    pairs = [(models[i % 2], make_update(models[i % 2], photo_batch(16, 3, i))) for i in range(4)]
+    attack = RGAP()
+    for (model, update), rec in zip(pairs, _attack_pairs(attack, pairs), strict=True):
+        _assert_same(rec, attack(model, update))
+
+
+def _attack_pairs(attack: RGAP, pairs):
+    """attack_many takes one model; its lockstep (what this test checks) takes any walks, so drive it directly."""
+    jobs, hyps = [], []
+    for i, (model, update) in enumerate(pairs):
+        hyp = attack._hypotheses(model, update)
+        hyps.append(hyp)
+        jobs += [lockstep.Job(hyp.layers, start, hyp.options, i) for start in hyp.starts]
+    solved = lockstep.recurse_many(jobs, attack.dtype)
+    return [
+        attack._choose(model, update, hyp, [r for job, r in zip(jobs, solved, strict=True) if job.owner == i])
+        for i, ((model, update), hyp) in enumerate(zip(pairs, hyps, strict=True))
+    ]

@@ -62,9 +62,10 @@ def recurse_many(jobs: list[Job], dtype: torch.dtype) -> list[Reconstruction | N
     for i, steps in enumerate(walks):
         advance(i, steps.__next__)
     while asks:
-        top = max(ask.layer.index for ask in asks.values())  # the walks go down together, top layer first
-        group = [i for i, ask in asks.items() if ask.layer.index == top]
-        solved = solve_first(asks[group[0]].layer, [asks.pop(i) for i in group], dtype)
+        # the walks go down together, top layer first; one batch shares one layer's weights (one model's layer)
+        top = max(asks.values(), key=lambda ask: ask.layer.index).layer
+        group = [i for i, ask in asks.items() if ask.layer.op is top.op]
+        solved = solve_plain(top, [asks.pop(i) for i in group], dtype)
         left = {
             jobs[i].owner for i, s in zip(group, solved, strict=True) if needs_alone(s, jobs[i].options.noise_sigma)
         }
@@ -79,7 +80,7 @@ def recurse_many(jobs: list[Job], dtype: torch.dtype) -> list[Reconstruction | N
     return results
 
 
-def solve_first(layer: RGAPLayer, asks: list[PlainSolve], dtype: torch.dtype) -> list[tuple]:
+def solve_plain(layer: RGAPLayer, asks: list[PlainSolve], dtype: torch.dtype) -> list[tuple]:
     """Plain solves of one layer for several walks: what `recursion._solve_layer` returns for each, the PCG
     layers with equal options solved as one batch; each report's time is its own setup plus its share of the
     batch."""

@@ -196,3 +196,24 @@ def _attack_pairs(attack: RGAP, pairs):
         attack._choose(model, update, hyp, [r for job, r in zip(jobs, solved, strict=True) if job.owner == i])
         for i, ((model, update), hyp) in enumerate(zip(pairs, hyps, strict=True))
     ]
+
+
+@pytest.mark.parametrize("in_shape", [(2, 6, 6), (3, 12, 12)], ids=["tall-K", "wide-K"])
+def test_stacked_normal_of_a_pooled_conv_with_dead_rows(in_shape):
+    """A conv followed by average pooling (LeNet's): the weight rows are the pooled filters at the pooled stride,
+    the gradient rows see the upsampled error; with dead rows (a ReLU) dropped too."""
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(6, in_shape[0], 3, 3, dtype=torch.float64, generator=gen)
+    geom = ConvGeometry(in_shape, (3, 3), (1, 1), (1, 1))
+    pooled = (6, in_shape[1] // 2, in_shape[2] // 2)
+    systems = []
+    for _ in range(3):
+        k, z = (torch.randn(pooled, dtype=torch.float64, generator=gen) for _ in range(2))
+        grad = torch.randn(weight.shape, dtype=torch.float64, generator=gen)
+        systems.append(ConvSystem(weight, k, grad, z, geom, pool=2, alive=torch.rand(pooled, generator=gen) > 0.3))
+    x = torch.randn(3, *in_shape, dtype=torch.float64, generator=gen)
+    stacked = StackedSystems(systems)
+    assert (stacked.grams is not None) == (in_shape == (2, 6, 6))
+    out = stacked.normal(x)
+    for b, system in enumerate(systems):
+        assert torch.allclose(out[b], system.normal(x[b]), rtol=1e-12, atol=1e-12 * float(out[b].abs().max()))

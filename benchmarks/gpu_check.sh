@@ -106,6 +106,10 @@ EOF
     step "cuda with torch's default cuDNN TF32" 90 python3 benchmarks/rgap_speed.py --device cuda --tf32 default \
         --cases cnn6-32 cnn6-32-f32 --repeats 3 --no-reference --case-timeout 80 --out "$OUT/rgap_speed_cuda_tf32"
 
+    # 64 CNN6 images in one RGAP.attack_many call (one batched PCG per conv layer) against 64 separate calls
+    step "64 images in one call on cuda" 150 python3 benchmarks/rgap_speed.py --device cuda --cases cnn6-32-batch64 \
+        --repeats 1 --case-timeout 140 --out "$OUT/rgap_speed_batch_cuda"
+
     echo "=== gpu_check done after ${SECONDS}s"
     ls -la "$OUT"
 }

@@ -11,6 +11,9 @@ same process as the reference for the speed ratio. Prints a Markdown table and w
     python benchmarks/rgap_speed.py --cases cnn6-32-auto --repeats 5 --no-reference --baseline-rank off
 
 --clock cpu (with OMP_NUM_THREADS=1) times by CPU time instead, for a shared machine.
+cnn6-32-batch64 is "64 images, one call": RGAP.attack_many on 64 photos' updates (one batched PCG per conv layer)
+against 64 separate default calls, interleaved round by round in the same process (its own results file with
+--out, e.g. --out benchmarks/results/rgap_speed_batch).
 --baseline-rank times another attack.rank in the same process, interleaved with the measured runs, and reports
 its median beside the case's: on a shared machine the ratio holds where absolute times do not.
 
@@ -49,6 +52,9 @@ CASES = {
     "cnn6-128": ("cnn6", 128, 3, "float64", False),
     "wide-128": ("wide", 128, 3, "float64", False),
     "fcn3": ("fcn3", 28, 1, "float64", True),
+    # 64 images in one call (RGAP.attack_many: one batched PCG per conv layer) against 64 separate default calls in
+    # the same process; the 40 embedded photos plus horizontal flips of photos 0-23
+    "cnn6-32-batch64": ("cnn6", 32, 3, "float64", False, {"batch": 64}),
     "fcn3-wide": ("fcn3-wide", 28, 1, "float64", False),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -144,6 +150,79 @@ def timed_attack(model, update, batch, device: str = "cpu", **kwargs) -> dict:
     }
 
 
+def photo_updates(client, count: int, size: int) -> tuple[list, list]:
+    """`count` photos' updates (the embedded photos, then horizontal flips of the first ones) and their images."""
+    import dataclasses
+
+    from rgap_bench.data.photos import EmbeddedPhotos
+
+    photos = [EmbeddedPhotos(name="photos", image_size=size, channels=3, index=i).private_batch(0) for i in range(40)]
+    flips = [dataclasses.replace(b, inputs=b.inputs.flip(-1)) for b in photos[: max(count - len(photos), 0)]]
+    batches = (photos + flips)[:count]
+    return [client.compute_update(b) for b in batches], [b.inputs for b in batches]
+
+
+def run_batch_case(name: str, count: int, solver: str, repeats: int, device: str = "cpu") -> dict:
+    """`count` CNN6 images in one `attack_many` call against one default call per image, interleaved in one process
+    (so that both see the same load); per-image times are the medians over `repeats` rounds divided by `count`."""
+    import torch
+
+    from rgap_bench.attacks.rgap import RGAP
+    from rgap_bench.fl.client import FedSGDClient
+    from rgap_bench.metrics import reconstruction_metrics
+
+    model_name, size, channels, dtype, *_ = CASES[name]
+    model, _, _ = build(model_name, size, channels, device)
+    updates, images = photo_updates(FedSGDClient(model).to(device), count, size)
+    attack = RGAP(solver=solver, dtype=dtype)
+    warmup_s = None
+    if device == "cuda":  # context, handles and kernels, on a few images
+        start = CLOCK()
+        attack.attack_many(model, updates[:4])
+        sync(device)
+        warmup_s = CLOCK() - start
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def one_call() -> list:
+        recs = attack.attack_many(model, updates)
+        sync(device)
+        return recs
+
+    def separate_calls() -> list:
+        recs = [attack(model, update) for update in updates]
+        sync(device)
+        return recs
+
+    batched, looped = [], []
+    for round_ in range(repeats):  # the order alternates, so that neither side always comes first
+        for which in ("one", "loop") if round_ % 2 == 0 else ("loop", "one"):
+            sync(device)
+            start = CLOCK()
+            if which == "one":
+                recs = one_call()
+                batched.append(CLOCK() - start)
+            else:
+                alone = separate_calls()
+                looped.append(CLOCK() - start)
+    scores = [reconstruction_metrics(r.inputs, x)["psnr"] for r, x in zip(recs, images, strict=True)]
+    one, loop = statistics.median(batched), statistics.median(looped)
+    ratios = [b / s for b, s in zip(batched, looped, strict=True)]  # each round's pair ran back to back
+    diff = max(float((r.inputs - a.inputs).abs().max()) for r, a in zip(recs, alone, strict=True))
+    out = {
+        "case": name, "solver": solver, "dtype": dtype, **device_info(device),
+        "images": count, "total_s": one, "median_s": one / count, "runs_s": batched, "loop_per_image_s": loop / count,
+        "loop_runs_s": looped, "ratio_to_loop": one / loop, "round_ratios": ratios,
+        "psnr": statistics.mean(scores), "psnr_min": min(scores),
+        "max_abs_diff_to_separate": diff,
+        "exact": sum(r.status == "exact" for r in recs), "warmup_s": warmup_s, "layers": [],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_attack_mb": base_rss,
+    }  # fmt: skip
+    if device == "cuda":
+        out.update(peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20)
+    return out
+
+
 def run_case(
     name: str, solver: str, repeats: int, device: str = "cpu", reference: bool = True, baseline: str | None = None
 ) -> dict:
@@ -151,6 +230,8 @@ def run_case(
 
     model_name, size, channels, dtype, with_reference, *extra = CASES[name]
     options = extra[0] if extra else {}
+    if "batch" in options:
+        return run_batch_case(name, options["batch"], solver, repeats, device)
     model, batch, update = build(model_name, size, channels, device)
     warmup_s = cuda_base = None
     if device == "cuda":
@@ -232,6 +313,20 @@ def layer_cell(layer: list) -> str:
     return f"{seconds:.3f}" + (f" ({iterations})" if iterations else "") + (f" [{how}]" if how else "")
 
 
+def batch_note(r: dict) -> str:
+    """A batch row's last cell: the one call against one call per image (in the same process), and the scores."""
+    if "images" not in r:
+        return ""
+    return (
+        f"{r['images']} images in one call: {r['total_s']:.2f} s, {r['median_s']:.4f} s/image; {r['images']} "
+        f"separate calls in the same process: {r['loop_per_image_s']:.4f} s/image (one call / separate = "
+        f"{r['ratio_to_loop']:.2f}, per round {', '.join(f'{x:.2f}' for x in r.get('round_ratios', []))}); PSNR "
+        f"mean {r['psnr']:.1f}, min {r['psnr_min']:.1f} dB, {r['exact']} exact, images within "
+        f"{r.get('max_abs_diff_to_separate', float('nan')):.1e} of the separate calls' (photos 0-39 and "
+        "horizontal flips of 0-23)"
+    )
+
+
 def markdown(rows: list[dict]) -> str:
     cuda = any(r.get("device") == "cuda" for r in rows)
     columns = 11 if cuda else 10
@@ -245,7 +340,7 @@ def markdown(rows: list[dict]) -> str:
             cells = [r["case"], r["solver"], "", f"failed: {r['error'][:80]}"] + [""] * (columns - 4)
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        split = ", ".join(layer_cell(layer) for layer in r["layers"])
+        split = ", ".join(layer_cell(layer) for layer in r["layers"]) or batch_note(r)
         if "baseline_median_s" in r:
             split += f"; rank={r['baseline_rank']} in the same process: {r['baseline_median_s']:.3f} s"
         ref = (

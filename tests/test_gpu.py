@@ -162,3 +162,29 @@ def test_client_wrapping_a_model_already_on_the_gpu_needs_no_move(photo_batch):
     model = cnn6().cuda()
     update = FedSGDClient(model).compute_update(photo_batch())
     assert all(g.device.type == "cuda" for g in update.tensors.values())
+
+
+def test_attack_many_on_cuda_batches_on_the_gpu_and_matches_one_call_per_update(photo_batch, psnr, monkeypatch):
+    """Three photos in one `attack_many` call on the GPU: every conv layer's PCG is one batched solve on CUDA, and
+    each answer is what one call per update gives there."""
+    torch.manual_seed(0)
+    model = cnn6().to("cuda")
+    batches = [photo_batch(32, 3, i) for i in range(3)]
+    updates = [cuda_update(model, batch) for batch in batches]
+    attack = RGAP()
+    alone = [attack(model, update) for update in updates]
+    devices = []
+    batched = pcg_module.pcg_many
+
+    def recording(system, rhs, precondition, **kwargs):
+        devices.append((rhs.device.type, rhs.shape[0]))
+        return batched(system, rhs, precondition, **kwargs)
+
+    monkeypatch.setattr(pcg_module, "pcg_many", recording)
+    many = attack.attack_many(model, updates)
+    assert devices and {device for device, _ in devices} == {"cuda"} and devices[0][1] == 3
+    for rec, ref, batch in zip(many, alone, batches, strict=True):
+        assert rec.status == ref.status
+        assert (rec.inputs - ref.inputs).abs().max() < 1e-5
+        assert [r.rank_method for r in rec.layers] == [r.rank_method for r in ref.layers]
+        assert psnr(rec.inputs, batch.inputs) >= 60

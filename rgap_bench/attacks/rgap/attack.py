@@ -16,15 +16,17 @@ from rgap_bench.attacks.logistic_scalar import F_MIN, U_STAR, invert_logistic_sc
 from rgap_bench.attacks.metadata import check_batch_size, shared_labels
 from rgap_bench.attacks.rgap.batch import attack_batch
 from rgap_bench.attacks.rgap.layers import RGAPLayer, describe_op, read_layers
+from rgap_bench.attacks.rgap.lockstep import Job, recurse_many
 from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.polish import polish, polish_reason
 from rgap_bench.attacks.rgap.recursion import recurse
 from rgap_bench.attacks.rgap.report import run_status
 from rgap_bench.attacks.rgap.softmax_head import label_candidates, softmax_starts
-from rgap_bench.attacks.rgap.start import HeadStart
+from rgap_bench.attacks.rgap.start import HeadStart, Hypotheses
 from rgap_bench.errors import InvalidUpdateError, UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.precision import conv_tf32
+from rgap_bench.linalg.symbol import shared_weights
 from rgap_bench.options import build_options
 from rgap_bench.types import ClientUpdate, Reconstruction, UpdateMetadata
 
@@ -148,16 +150,56 @@ class RGAP:
                     f"range of {self.options.dtype} to solve: check the client's loss and any defence's scale"
                 ) from exc
 
+    def attack_many(self, model: nn.Module, updates: list[ClientUpdate]) -> list[Reconstruction]:
+        """Several independent updates on the same model (a sweep's images), as `[self(model, u) for u in
+        updates]` returns them up to rounding: the one-sample ones walk down the layers together and each conv
+        layer's plain solve is one batched PCG over them, on the model's device (`lockstep.py`). An update that
+        needs more (a batch, noise, a rank-deficient layer) is attacked on its own."""
+        with conv_tf32(False), shared_weights():  # the weight rows' symbol bounds: once per layer, not per sample
+            try:
+                return self._attack_many(model, updates)
+            except torch.linalg.LinAlgError as exc:
+                raise InvalidUpdateError(
+                    f"R-GAP's linear algebra failed on one of {len(updates)} updates ({exc}); its gradients are too "
+                    f"far outside the range of {self.options.dtype} to solve: check the client's loss and any "
+                    "defence's scale"
+                ) from exc
+
+    def _attack_many(self, model: nn.Module, updates: list[ClientUpdate]) -> list[Reconstruction]:
+        hypotheses = {}
+        for i, update in enumerate(updates):
+            meta = update.metadata
+            if meta.batch_size == 1 and not (self.options.noise_sigma or meta.noise_sigma):
+                hypotheses[i] = self._hypotheses(model, update)
+        jobs = [Job(h.layers, start, h.options, i) for i, h in hypotheses.items() for start in h.starts]
+        solved = recurse_many(jobs, self.dtype)
+        out = []
+        for i, update in enumerate(updates):
+            candidates = [rec for job, rec in zip(jobs, solved, strict=True) if job.owner == i]
+            alone = i not in hypotheses or any(rec is None for rec in candidates)
+            out.append(self._attack(model, update) if alone else self._choose(model, update, hypotheses[i], candidates))
+        return out
+
     def _attack(self, model: nn.Module, update: ClientUpdate, combined: bool = False) -> Reconstruction:
         """One sample's update, or (`combined`) a batch's sum presented as one: its gradients are rank B, not one,
         so the rank-one truncation of linear layers (`attack.rank_one`) is off for it."""
+        meta = update.metadata
+        if meta.batch_size > 1:  # each sample when the batch splits, else the paper's combination (batch.py)
+            scale = _check_update(meta)
+            layers = read_layers(model, update, self.dtype)
+            _check_head(layers[-1], meta)
+            return attack_batch(model, update, layers, functools.partial(self._attack, combined=True), scale)
+        hyp = self._hypotheses(model, update, combined)
+        candidates = [recurse(hyp.layers, start, hyp.options, self.dtype) for start in hyp.starts]
+        return self._choose(model, update, hyp, candidates)
+
+    def _hypotheses(self, model: nn.Module, update: ClientUpdate, combined: bool = False) -> Hypotheses:
+        """A one-sample update checked and read, with the recursion's starts (one per (label, root)) and options."""
         meta = update.metadata
         scale = _check_update(meta)
         layers = read_layers(model, update, self.dtype)
         head = layers[-1]
         _check_head(head, meta)
-        if meta.batch_size > 1:  # each sample when the batch splits, else the paper's combination (batch.py)
-            return attack_batch(model, update, layers, functools.partial(self._attack, combined=True), scale)
         c, clamped = None, False
         if meta.loss.name == "binary_logistic":
             starts, c, clamped = _logistic_starts(head, meta, scale, self.dtype)
@@ -168,15 +210,20 @@ class RGAP:
             options = dataclasses.replace(options, noise_sigma=meta.noise_sigma)
         if combined:
             options = dataclasses.replace(options, rank_one=False)
-        candidates = [recurse(layers, start, options, self.dtype) for start in starts]
+        return Hypotheses(layers, starts, options, c, clamped)
+
+    def _choose(self, model: nn.Module, update: ClientUpdate, hyp: Hypotheses,
+                candidates: list[Reconstruction]) -> Reconstruction:  # fmt: skip
+        """The best hypothesis's reconstruction, graded (and polished where attack.polish says so)."""
         best = choose_candidate(candidates)
-        status, reason = run_status(best.layers, clamped)
+        status, reason = run_status(best.layers, hyp.clamped)
         info = dict(best.info)
-        if c is not None:
-            info.update(output_scalar=c, output_scalar_clamped=clamped)
+        if hyp.c is not None:
+            info.update(output_scalar=hyp.c, output_scalar_clamped=hyp.clamped)
         if len(candidates) > 1:
             keys = ("label", "u", "g_label", "mean_residual_rel", "range_violation")
             info["candidates"] = [{key: r.info[key] for key in keys if key in r.info} for r in candidates]
         best = dataclasses.replace(best, status=status, status_reason=reason, info=info)
+        options = hyp.options
         why = polish_reason(best.layers, options.noise_sigma, options.tol) if options.polish == "auto" else None
         return best if why is None else polish(model, update, best, options.polish_iterations, why)

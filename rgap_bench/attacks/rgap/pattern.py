@@ -12,7 +12,7 @@ changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -139,6 +139,21 @@ def settle_pattern(
 ) -> tuple[Tensor, S, PatternFit]:
     """Refit the doubtful derivatives of `layer`'s output and re-solve. `solve(k)` solves the layer for k, `first`
     is its solve for the sign pattern of z (z holds the bias, as W x + b does); returns the final k, solve and fit.
+    `refit_rounds` is the same work with its solves asked of the caller."""
+    steps = refit_rounds(layer, back_k, z, first, x_of, dtype, rounds, keep_best)
+    try:
+        k = next(steps)
+        while True:
+            k = steps.send(solve(k))
+    except StopIteration as done:
+        return done.value
+
+
+def refit_rounds(layer: RGAPLayer, back_k: Tensor, z: Tensor, first: S, x_of: Callable[[S], Tensor],
+                 dtype: torch.dtype, rounds: int = ROUNDS,
+                 keep_best: bool = False) -> Generator[Tensor, S, tuple[Tensor, S, PatternFit]]:  # fmt: skip
+    """`settle_pattern`'s rounds, yielding each k to solve the layer for and taking its solve back (so that the
+    recursion's driver can batch these solves with other samples'); returns the final k, solve and fit.
 
     `keep_best`: return the round whose solve fits the weight rows best (the rms misfit between z and W x, which
     does not depend on k, so rounds with different k compare fairly; the first, unrefitted solve included) instead
@@ -161,7 +176,7 @@ def settle_pattern(
             break
         doubtful = max(doubtful, int(doubt.sum()))
         d = refit_derivative(layer, x_of(result), back_k, d0, doubt)
-        result = solve(back_k * d)
+        result = yield back_k * d
         done += 1
     if best is not None:
         d, result = best[1], best[2]

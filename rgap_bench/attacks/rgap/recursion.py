@@ -1,17 +1,21 @@
 """The recursion for one (label, root) hypothesis: top-down over the blocks, each layer solved from the one above.
 
 For each block below the head: k_i = (W_{i+1}^T k_{i+1}) * sigma'(z_i), z_i = sigma^-1(x_{i+1}), and the layer
-input solves [gradient rows; weight rows] x_i = [dL/dW_i; z_i]. When a layer's system is rank-deficient its null
-space is carried down: the conv below solves its own input together with the free coefficients.
+input solves [gradient rows; weight rows] x_i = [dL/dW_i; z_i]. A layer whose system is rank-deficient is solved
+with the conv below: by default through its weight rows composed with that conv (`deferred.py`), else (or where
+that proves nothing) its null space is carried down and the conv below solves its own input together with the free
+coefficients.
 
 Below a ReLU, a dead output (x_{i+1} = 0) only says z_i <= 0: its weight row is dropped and k_i is 0 there
-(`_live_outputs` decides which; the solvers honour the mask `LayerProblem.alive`).
+(`layer_inputs.py` decides which; the solvers honour the mask `LayerProblem.alive`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Generator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,93 +23,54 @@ from torch import Tensor, nn
 
 from rgap_bench.attacks.rgap.chain import refinable, refine_image
 from rgap_bench.attacks.rgap.deferred import DeferredLayer, conv_system, defer, defers, solve_below, without_bias
+from rgap_bench.attacks.rgap.layer_inputs import error_and_rows
 from rgap_bench.attacks.rgap.layers import BiasCheck, RGAPLayer, back_propagate, bias_equations
 from rgap_bench.attacks.rgap.noise_gate import noisy
 from rgap_bench.attacks.rgap.options import RGAPOptions
-from rgap_bench.attacks.rgap.pattern import ROBUST_ROUNDS, PatternFit, filter_residuals, filter_weights, settle_pattern
-from rgap_bench.attacks.rgap.plan import plan_layer
+from rgap_bench.attacks.rgap.pattern import ROBUST_ROUNDS, PatternFit, filter_residuals, filter_weights, refit_rounds
+from rgap_bench.attacks.rgap.plan import LayerPlan, plan_layer
 from rgap_bench.attacks.rgap.report import below_open, completed_below, layer_report
-from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, solve_joint
+from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, LayerSolve, solve_joint
 from rgap_bench.attacks.rgap.start import HeadStart
-from rgap_bench.errors import RGapBenchError
-from rgap_bench.linalg.activations import PiecewiseLinear, Rectifier
+from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.resources import cpu_threads, solve_threads
 from rgap_bench.linalg.smoothness import smooth_solve
 from rgap_bench.types import LayerReport, Reconstruction
-
-
-def _live_outputs(layer: RGAPLayer, x: Tensor, back_k: Tensor, options: RGAPOptions) -> Tensor:
-    """The outputs of a ReLU layer that were not dead, from its reconstructed output x (attack.relu_dead_tol).
-
-    A linear layer with a bias also has dL/db = k exactly (one sample), and k is exactly 0 at a dead unit: when the
-    bias gradient has exact zeros (a clean update) they decide, a unit whose back-propagated error is itself 0
-    falling back on x. Without exact zeros (noise from a defence, or nothing dead) x alone decides."""
-    x = x.reshape(layer.out_shape)
-    dead = layer.act.dead(x, options.relu_dead_tol)
-    if layer.bias_grad is not None and not layer.is_conv:
-        zero = layer.bias_grad.reshape(layer.out_shape) == 0
-        if bool(zero.any()):
-            dead = zero & (dead | (back_k.reshape(layer.out_shape) != 0))
-    return ~dead
-
-
-def _error_and_rows(
-    layer: RGAPLayer, back_k: Tensor, x_next: Tensor, options: RGAPOptions
-) -> tuple[Tensor, Tensor, Tensor | None, BiasCheck | None]:
-    """A layer below the head: its pre-activation z, its error k = dL/dz, the outputs that keep their weight rows
-    (a ReLU layer; None otherwise) and its bias check.
-
-    The one place that decides k: back-propagated through the activation, then, for a linear layer with a bias,
-    the shared bias gradient (exactly k for one sample). Below a ReLU the same bias zeros decide the dead units
-    (`_live_outputs`) and k stays 0 at each of them, so the mask and k agree also when a defence's noise leaves no
-    exact zeros (x decides then). Pooled layers: x, z, k and the mask are all on the pooled outputs, since the
-    activation follows the pooling."""
-    x = x_next.reshape(layer.out_shape)
-    alive = None
-    if isinstance(layer.act, Rectifier):
-        alive = _live_outputs(layer, x, back_k, options)
-        if not bool(alive.any()):
-            raise RGapBenchError(
-                f"every ReLU output of layer {layer.index} ({layer.name}) is dead for this input: its weight rows are "
-                "gone and the gradient of every layer below is zero, so nothing below it can be recovered; the "
-                "input is hidden by the model, not by the attack (attack=ig or attack=dlg see the same zero gradient)"
-            )
-        z = torch.where(alive, layer.act.inverse(x), 0.0)
-        k = back_k * alive
-    else:
-        z = layer.act.inverse(x)
-        k = back_k * layer.act.derivative(z)
-    k, bias = bias_equations(layer, k)
-    if alive is not None:
-        k = k * alive
-    return z, k, alive, bias
 
 
 def _solve_layer(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype,
                  alive: Tensor | None = None, grad_weight: Tensor | None = None) -> tuple:  # fmt: skip
     """One layer on its own: plan, solve, report; returns its input, its report and its null basis (if measured).
     `alive` (a ReLU layer): the outputs whose weight rows are kept; `grad_weight` (a conv, (F, 1, 1, 1)): a weight
-    on each filter's gradient rows (`pattern.filter_weights`)."""
+    on each filter's gradient rows (`pattern.filter_weights`). A small layer's many tiny kernels (row scales, rank
+    bounds, PCG, report) run fastest on one CPU thread, and two collapse when another process holds a core (on a
+    busy 2-core machine two threads made CNN6's gradient-row bound 0.01 -> 2.5 s)."""
     start = time.perf_counter()
     weight = layer.op.weight.detach().to(dtype)
     with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
-        return _plan_and_solve(layer, k, z, options, dtype, alive, weight, start, grad_weight)
+        problem, plan = plan_problem(layer, k, z, options, dtype, alive, weight, grad_weight)
+        solve = STRATEGIES[plan.strategy](problem, plan, options)
+        return conclude_layer(problem, plan, solve, options, start)
 
 
-def _plan_and_solve(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype,
-                    alive: Tensor | None, weight: Tensor, start: float,
-                    grad_weight: Tensor | None) -> tuple:  # fmt: skip
-    """`_solve_layer`'s work, inside its thread cap: a small layer's many tiny kernels (row scales, rank bounds,
-    PCG, report) run fastest on one CPU thread, and two collapse when another process holds a core (on a busy
-    2-core machine two threads made CNN6's gradient-row bound 0.01 -> 2.5 s)."""
+def plan_problem(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, dtype: torch.dtype,
+                 alive: Tensor | None, weight: Tensor,
+                 grad_weight: Tensor | None = None) -> tuple[LayerProblem, LayerPlan]:  # fmt: skip
+    """One layer's equations (a conv's as its matrix-free system) and its plan, before any solve."""
     z = without_bias(layer, z)
     system = None
     if layer.is_conv:
         system = conv_system(layer, k, z, options, weight, alive)
         if grad_weight is not None:
             system.grad_scale = system.grad_scale * grad_weight
-    plan = plan_layer(layer, k, system, options, dtype)
-    solve = STRATEGIES[plan.strategy](LayerProblem(layer, weight, k, z, system, alive), plan, options)
+    return LayerProblem(layer, weight, k, z, system, alive), plan_layer(layer, k, system, options, dtype)
+
+
+def conclude_layer(problem: LayerProblem, plan: LayerPlan, solve: LayerSolve, options: RGAPOptions,
+                   start: float) -> tuple:  # fmt: skip
+    """After the solve: the image prior where it applies (a noisy image layer) and the report; returns the layer's
+    input, its report and its null basis (if measured). `start`: when the layer's work began (its time_s)."""
+    layer, k, system, alive = problem.layer, problem.k, problem.system, problem.alive
     prior_lam = None
     if _has_image_prior(layer, options) and system is not None and system.z is not None:
         prior_lam = options.image_prior_lam or 0.0
@@ -158,20 +123,22 @@ def _robust_filters(layer: RGAPLayer, k: Tensor, z: Tensor, solved: tuple, optio
 
 
 def _refit_pattern(layer: RGAPLayer, back_k: Tensor, z: Tensor, solved: tuple, options: RGAPOptions,
-                   dtype: torch.dtype) -> tuple[Tensor, tuple, PatternFit]:  # fmt: skip
-    """Refit the derivatives whose sign noise left in doubt (`pattern.settle_pattern`), noted in the report."""
+                   dtype: torch.dtype) -> Generator[PlainSolve, tuple, tuple[Tensor, tuple, PatternFit]]:  # fmt: skip
+    """Refit the derivatives whose sign noise left in doubt (`pattern.refit_rounds`), noted in the report; its
+    re-solves are asked of the walk's driver, its own work runs under the layer's thread cap."""
     weight = layer.op.weight
-    with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
-        k, solved, fit = settle_pattern(
-            layer,
-            back_k,
-            z,
-            lambda kk: _solve_layer(layer, kk, z, options, dtype),
-            solved,
-            lambda s: s[0],
-            dtype,
-            keep_best=options.refit_best and layer.is_conv,  # linear layers: see docs/noise.md ("Best round")
-        )
+    keep_best = options.refit_best and layer.is_conv  # linear layers: see docs/noise.md ("Best round")
+    steps = refit_rounds(layer, back_k, z, solved, lambda s: s[0], dtype, keep_best=keep_best)
+    threads = solve_threads(weight.device, layer.unknowns * weight[0].numel())  # small layers: 1 thread
+    try:
+        with cpu_threads(threads):
+            kk = next(steps)
+        while True:
+            again = yield PlainSolve(layer, kk, z, options, None)
+            with cpu_threads(threads):
+                kk = steps.send(again)
+    except StopIteration as done:
+        k, solved, fit = done.value
     if fit.doubtful:
         note = f"activation pattern: {fit.doubtful} signs in doubt, {fit.changed} derivatives refitted"
         x, report, null_basis = solved
@@ -203,8 +170,32 @@ def _with_bias(report: LayerReport, bias: BiasCheck | None) -> LayerReport:
     return dataclasses.replace(report, bias_equations=bias.equations, bias_residual_rel=bias.residual_rel)
 
 
+@dataclass(frozen=True)
+class PlainSolve:
+    """A layer's plain solve (its first, or a pattern refit's), asked of a `walk`'s driver: `_solve_layer` alone."""
+
+    layer: RGAPLayer
+    k: Tensor
+    z: Tensor
+    options: RGAPOptions
+    alive: Tensor | None
+
+
 def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dtype: torch.dtype) -> Reconstruction:
     """The reconstruction under one hypothesis on the output layer (its label, dL/dz and pre-activation)."""
+    steps = walk(layers, start, options, dtype)
+    try:
+        ask = next(steps)
+        while True:
+            ask = steps.send(_solve_layer(ask.layer, ask.k, ask.z, ask.options, dtype, ask.alive))
+    except StopIteration as done:
+        return done.value
+
+
+def walk(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions,
+         dtype: torch.dtype) -> Generator[PlainSolve, tuple, Reconstruction]:  # fmt: skip
+    """`recurse`'s walk down the layers; it asks its driver for the plain solves (`PlainSolve`: the driver sends back
+    what `_solve_layer` returns, `lockstep.py` batches them over walks), and does the others itself."""
     k, z = start.k, start.z
     reports: list[LayerReport] = []
     x_next: Tensor | None = None
@@ -240,7 +231,7 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
                 reports[-1] = completed_below(reports[-1], lower)
                 reports.append(lower)
                 continue
-            z, k, alive, bias = _error_and_rows(layer, back_k, x_next, options)
+            z, k, alive, bias = error_and_rows(layer, back_k, x_next, options)
             if defers(layers, layer, options, alive):
                 pending = defer(layer, k, z, options, bias)  # solved with the conv below, reported then
                 continue
@@ -250,9 +241,9 @@ def recurse(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions, dty
         # the refit judges doubt by the misfit of z and W x, which a prior's smoothing would inflate: the refit
         # solves plainly and the prior comes after it, once the pattern is settled
         plain = dataclasses.replace(options, image_prior="none") if refits else options
-        solved = _solve_layer(layer, k, z, plain, dtype, alive)
+        solved = yield PlainSolve(layer, k, z, plain, alive)
         if refits:
-            k, solved, fit = _refit_pattern(layer, back_k, z, solved, plain, dtype)
+            k, solved, fit = yield from _refit_pattern(layer, back_k, z, solved, plain, dtype)
             grad_weight = None
             if options.robust_filters and layer.is_conv and fit.doubtful:  # a clean pattern: k has no outliers
                 solved, grad_weight = _robust_filters(layer, k, z, solved, plain, dtype, alive)

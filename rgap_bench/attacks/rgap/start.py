@@ -7,6 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
+from rgap_bench.attacks.rgap.layers import RGAPLayer
+from rgap_bench.attacks.rgap.options import RGAPOptions
+
 
 @dataclass(frozen=True)
 class HeadStart:
@@ -18,3 +21,16 @@ class HeadStart:
     k: Tensor
     z: Tensor
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hypotheses:
+    """A one-sample update read for the recursion: its layers, one start per (label, root) hypothesis, the options
+    its recursions run under (with any noise the defence announced) and the logistic output scalar (None for
+    cross-entropy) and whether noise pushed it out of range."""
+
+    layers: list[RGAPLayer]
+    starts: list[HeadStart]
+    options: RGAPOptions
+    c: float | None
+    clamped: bool

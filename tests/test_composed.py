@@ -50,6 +50,17 @@ def test_composed_and_null_space_routes_agree_and_are_exact(seed):
     assert float((composed.inputs - null_space.inputs).abs().max()) < 1e-5
 
 
+def test_composed_route_settles_on_several_images_of_one_model():
+    """Images the plain search once settled wrongly on (a pattern that fits the weight rows but not the gradient
+    rows): the damped phase and the retries make every one exact through the composed route."""
+    model, _ = _deficient_over_wide(0)
+    for seed in range(1, 5):
+        _, batch = _deficient_over_wide(seed)
+        rec = RGAP(joint="composed")(model, FedSGDClient(model).compute_update(batch))
+        assert rec.layers[0].solver == "joint-composed" and rec.layers[0].status == "exact", seed
+        assert float((rec.inputs - batch.inputs).abs().max()) < 1e-5, seed
+
+
 def test_without_a_proof_the_null_space_route_takes_over(monkeypatch):
     """A composed solve that proves nothing hands the layer to the dense null-space route, still exact."""
     model, batch = _deficient_over_wide(0)

@@ -80,10 +80,11 @@ def defer(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, bias: Bi
 
 
 def solve_below(deferred: DeferredLayer, lower: RGAPLayer, options: RGAPOptions, dtype: torch.dtype,
-                back_k: Tensor) -> tuple[LayerReport, LayerSolve] | None:  # fmt: skip
+                back_k: Tensor, clean: bool) -> tuple[LayerReport, LayerSolve] | None:  # fmt: skip
     """The conv below the deferred layer and the deferred layer itself: (the deferred layer's record, the lower
-    layer's solve), or None when the composed system is singular or its full rank is not proven (the recursion then
-    takes the null-space route). `back_k`: the error back-propagated through the deferred layer."""
+    layer's solve), or None when the composed system is singular, its full rank is not proven, or (`clean`: no
+    noise announced and every layer above fits its equations) its answer does not fit every equation; the
+    recursion then takes the null-space route. `back_k`: the error back-propagated through the deferred layer."""
     as64 = {"dtype": torch.float64, "device": lower.op.weight.device}
     weight = lower.op.weight.detach().to(**as64)
     bias = None if lower.op.bias is None else lower.op.bias.detach().to(**as64)
@@ -95,10 +96,14 @@ def solve_below(deferred: DeferredLayer, lower: RGAPLayer, options: RGAPOptions,
 
     upper = deferred.system
     began = time.perf_counter()
-    joint = solve_composed(weight, bias, lower.geometry, lower.act, upper, lower_system, options.rcond)
-    if joint is None or joint.rank is None:
-        log.info("layer %d: the composed system with layer %d is not proven full rank; factorising layer %d for "
-                 "its null space instead", lower.index, deferred.layer.index, deferred.layer.index)  # fmt: skip
+    joint = solve_composed(weight, bias, lower.geometry, lower.act, upper, lower_system, options.rcond, clean)
+    # a clean update whose composed answer does not fit every equation settled on a wrong pattern (the search reads
+    # the weight rows only): the null-space route's search uses them all
+    wrong = clean and not joint.consistent if joint is not None else False
+    if joint is None or joint.rank is None or wrong:
+        why = "settled on a pattern that does not fit the gradient rows" if wrong else "is not proven full rank"
+        log.info("layer %d: the composed system with layer %d %s; factorising layer %d for its null space instead",
+                 lower.index, deferred.layer.index, why, deferred.layer.index)  # fmt: skip
         return None
     x_upper = joint.x_upper.reshape(upper.shape)
     layer = deferred.layer

@@ -208,7 +208,8 @@ def walk(layers: list[RGAPLayer], start: HeadStart, options: RGAPOptions,
             back_k = back_propagate(layers[layer.index + 1], k, dtype)
             if pending is not None:
                 began = time.perf_counter()
-                solved = solve_below(pending, layer, options, dtype, back_k)
+                clean = not any(noisy(r.residual_rel or 0.0, options.noise_sigma) for r in reports)
+                solved = solve_below(pending, layer, options, dtype, back_k, clean)
                 if solved is None:  # no proof through the composed system: the deficient layer's null space
                     x_next, report, null_basis = _solve_layer(pending.layer, pending.k, pending.z, options, dtype)
                     reports.append(_with_bias(report, pending.bias))

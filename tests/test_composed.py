@@ -7,11 +7,12 @@ import torch
 
 import rgap_bench.attacks.rgap.deferred as deferred
 from rgap_bench.attacks.rgap import RGAP
+from rgap_bench.defenses.gaussian import update_rms, with_noise
 from rgap_bench.errors import ConfigError
 from rgap_bench.fl.client import FedSGDClient
 from rgap_bench.linalg.sparse_spd import factor_spd
 from rgap_bench.models import build_convnet
-from rgap_bench.types import PrivateBatch
+from rgap_bench.types import ClientUpdate, PrivateBatch
 
 
 def _deficient_over_wide(seed: int, filters: int = 12) -> tuple[torch.nn.Module, PrivateBatch]:
@@ -59,6 +60,21 @@ def test_composed_route_settles_on_several_images_of_one_model():
         rec = RGAP(joint="composed")(model, FedSGDClient(model).compute_update(batch))
         assert rec.layers[0].solver == "joint-composed" and rec.layers[0].status == "exact", seed
         assert float((rec.inputs - batch.inputs).abs().max()) < 1e-5, seed
+
+
+def test_a_noisy_update_keeps_the_composed_answer():
+    """Under announced noise nothing fits every equation: the composed answer stands (graded approximate, with the
+    reason) instead of the null-space route's (here the head above fits any update, so only the announcement tells
+    noise from a wrong pattern)."""
+    model, batch = _deficient_over_wide(0)
+    update = FedSGDClient(model).compute_update(batch)
+    gen = torch.Generator().manual_seed(0)
+    std = 1e-3 * update_rms(update.tensors)
+    noisy = {k: v + std * torch.randn(v.shape, generator=gen) for k, v in update.tensors.items()}
+    rec = RGAP(joint="composed")(model, with_noise(ClientUpdate(noisy, update.metadata), std))
+    lower = rec.layers[0]
+    assert lower.solver == "joint-composed" and lower.status == "approximate"
+    assert "residual too large" in lower.status_reason and bool(torch.isfinite(rec.inputs).all())
 
 
 def test_without_a_proof_the_null_space_route_takes_over(monkeypatch):

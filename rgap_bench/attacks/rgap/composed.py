@@ -155,19 +155,21 @@ def solve_composed(
     clean: bool = False,
 ) -> JointSolution | None:
     """The lower layer's input and the deficient layer's input above it, jointly (None: the composed weight rows
-    are exactly singular, or the pattern search freed more units than they can pin down). `upper`: the deficient
-    layer's scaled system (weight and gradient rows, over its input); `lower_system(slope)`: the lower layer's own
-    `ConvSystem` (its gradient rows for the error that slope implies), for the final residual. `clean` (an update
-    without noise): an answer that does not fit every equation settled on a wrong pattern that the weight rows
-    alone cannot tell; the search then frees the units nearest their kink (1%, 2%, 4% of them) and goes on."""
+    are exactly singular, or on a clean update the pattern search freed more units than they can pin down).
+
+    `upper`: the deficient layer's scaled system (weight and gradient rows, over its input); `lower_system(slope)`:
+    the lower layer's own `ConvSystem` (its gradient rows for the error that slope implies), for the final residual.
+    `clean` (an update without noise): an answer that does not fit every equation settled on a wrong pattern that
+    the weight rows alone cannot tell; the search then frees the units nearest their kink (1%, 2%, 4% of them) and
+    goes on. Under noise phase 1's pattern stands where phase 2 cannot finish."""
     rows = composed_rows(lower_weight, lower_bias, geom, upper)
     try:
         slopes, free, rounds = damped_pattern(rows, act)
         for retry in range(RETRIES + 1):
             searched = freed_pattern(rows, act, slopes, free) if free.any() else (slopes, 0)
-            if searched is None:
+            if searched is None and clean:
                 return None
-            slopes, more = searched
+            slopes, more = searched or (slopes, 0)  # noise: phase 1's pattern is the best there is
             rounds += more
             solution = _bound_solution(rows, act, slopes, upper, lower_system, geom, rcond)
             solution.iterations = rounds

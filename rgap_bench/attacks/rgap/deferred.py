@@ -82,9 +82,10 @@ def defer(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, bias: Bi
 def solve_below(deferred: DeferredLayer, lower: RGAPLayer, options: RGAPOptions, dtype: torch.dtype,
                 back_k: Tensor, clean: bool) -> tuple[LayerReport, LayerSolve] | None:  # fmt: skip
     """The conv below the deferred layer and the deferred layer itself: (the deferred layer's record, the lower
-    layer's solve), or None when the composed system is singular, its full rank is not proven, or (`clean`: no
-    noise announced and every layer above fits its equations) its answer does not fit every equation; the
-    recursion then takes the null-space route. `back_k`: the error back-propagated through the deferred layer."""
+    layer's solve), or None when the composed system is singular or, on a clean update (`clean`: no noise announced
+    and every layer above fits its equations), its full rank is not proven or its answer does not fit every
+    equation; the recursion then takes the null-space route. `back_k`: the error back-propagated through the
+    deferred layer."""
     as64 = {"dtype": torch.float64, "device": lower.op.weight.device}
     weight = lower.op.weight.detach().to(**as64)
     bias = None if lower.op.bias is None else lower.op.bias.detach().to(**as64)
@@ -99,9 +100,11 @@ def solve_below(deferred: DeferredLayer, lower: RGAPLayer, options: RGAPOptions,
     joint = solve_composed(weight, bias, lower.geometry, lower.act, upper, lower_system, options.rcond, clean)
     # a clean update whose composed answer does not fit every equation settled on a wrong pattern (the search reads
     # the weight rows only): the null-space route's search uses them all
-    wrong = clean and not joint.consistent if joint is not None else False
-    if joint is None or joint.rank is None or wrong:
-        why = "settled on a pattern that does not fit the gradient rows" if wrong else "is not proven full rank"
+    # (on a noisy update the composed answer stands whatever its grade: the null-space route does no better there;
+    # relative noise 1e-4 on the benchmark layer: 72 dB in 3 s against 45 dB in 800 s)
+    wrong = clean and (joint.rank is None or not joint.consistent) if joint is not None else False
+    if joint is None or wrong:
+        why = "is singular" if joint is None else "has no proven answer that fits every equation"
         log.info("layer %d: the composed system with layer %d %s; factorising layer %d for its null space instead",
                  lower.index, deferred.layer.index, why, deferred.layer.index)  # fmt: skip
         return None

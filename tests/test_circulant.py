@@ -114,3 +114,15 @@ def test_large_layers_take_it_and_keep_the_reconstruction(monkeypatch, make_upda
     assert [layer.solver for layer in rec.layers[:2]] == ["pcg-circulant"] * 2
     assert [layer.solver for layer in reference.layers[:2]] == ["pcg-blockjacobi"] * 2
     assert torch.allclose(rec.inputs, reference.inputs, atol=1e-7, rtol=0)
+
+
+def test_applies_only_to_large_unpooled_convs_with_weight_rows(make_conv_system):
+    """CNN6-sized layers keep block-Jacobi; a layer without weight rows has no symbol to invert."""
+    system, _ = make_conv_system((3, 32, 32), 12, (4, 4), (2, 2), (2, 2))
+    assert not circulant.circulant_applies(system)  # CNN6's conv1 at 32x32: 3072 unknowns
+    large, _ = make_conv_system((2, 128, 128), 2, (3, 3), (1, 1), (1, 1))
+    assert circulant.circulant_applies(large)
+    bare = ConvSystem(large.weight, large.k, large.grad, None, large.geom)
+    assert not circulant.circulant_applies(bare)
+    with pytest.raises(ValueError, match="weight rows"):
+        CirculantPreconditioner(bare)

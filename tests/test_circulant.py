@@ -116,6 +116,25 @@ def test_large_layers_take_it_and_keep_the_reconstruction(monkeypatch, make_upda
     assert torch.allclose(rec.inputs, reference.inputs, atol=1e-7, rtol=0)
 
 
+def test_attack_many_solves_large_layers_one_circulant_pcg_per_sample(monkeypatch, make_update, photo_batch):
+    """`attack_many` sends layers that take the circulant to one PCG per sample (no stacked circulant): the same
+    reconstructions as one call per update."""
+    torch.manual_seed(0)
+    specs = [
+        LayerSpec("conv", 12, 4, 2, 2),
+        LayerSpec("conv", 16, 3, 1, 1),
+        LayerSpec("linear", 1, activation="identity"),
+    ]
+    model = build_from_specs("wide", (3, 16, 16), specs)
+    updates = [make_update(model, photo_batch(image_size=16, index=i)) for i in range(2)]
+    monkeypatch.setattr(circulant, "MIN_UNKNOWNS", 0)
+    many = RGAP()(model, updates[0]), RGAP()(model, updates[1])
+    together = RGAP().attack_many(model, updates)
+    for alone, joint in zip(many, together, strict=True):
+        assert [layer.solver for layer in joint.layers[:2]] == ["pcg-circulant"] * 2
+        assert torch.allclose(joint.inputs, alone.inputs, atol=1e-7, rtol=0)
+
+
 def test_applies_only_to_large_unpooled_convs_with_weight_rows(make_conv_system):
     """CNN6-sized layers keep block-Jacobi; a layer without weight rows has no symbol to invert."""
     system, _ = make_conv_system((3, 32, 32), 12, (4, 4), (2, 2), (2, 2))

@@ -28,7 +28,7 @@ from rgap_bench.linalg.symbol import polyphase_filter
 
 # Layers below this many unknowns keep block-Jacobi: its exact blocks are cheap to build there and the border,
 # which the circulant misses, is a larger share of the image (CNN6 32x32's conv1: block-Jacobi 160 iterations,
-# an FFT approximation 290-610; CNN6 64x64's convs, 10404-13068 unknowns: mixed, its stride-2 conv3 100 -> 210
+# an FFT approximation 290-610; CNN6 64x64's convs, 5184-13068 unknowns: mixed, its stride-2 conv5 100 -> 210
 # iterations). Every conv from 39204 unknowns up measured so far runs faster with the circulant: the wide net's
 # three (49152-69696) and CNN6 128x128's five (16.3 -> 4.7 s and 498 -> 256 s of CPU in all, one thread).
 MIN_UNKNOWNS = 32768

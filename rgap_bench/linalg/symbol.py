@@ -72,7 +72,7 @@ def _axis_full(size: int, kernel: int, stride: int, padding: int, out: int) -> l
     return full
 
 
-def _polyphase_filter(weight: Tensor, stride: tuple[int, int], taps: tuple[int, int]) -> Tensor:
+def polyphase_filter(weight: Tensor, stride: tuple[int, int], taps: tuple[int, int]) -> Tensor:
     """(F, C, kh, kw) -> (F, C*sh*sw, Th, Tw): tap (t, phase) of the polyphase filter is w[s*t + phase]."""
     f, c, kh, kw = weight.shape
     (sh, sw), (th, tw) = stride, taps
@@ -104,7 +104,7 @@ def _symbol(weight: Tensor, geom: ConvGeometry, columns: Tensor | None, shape: s
     if not bool(full[columns].all()) or not fits or too_large:
         return None
     taps = (-(-kh // sh), -(-kw // sw))
-    poly = _polyphase_filter(weight, (sh, sw), taps)[:, columns.to(weight.device)]  # (F, C'', Th, Tw)
+    poly = polyphase_filter(weight, (sh, sw), taps)[:, columns.to(weight.device)]  # (F, C'', Th, Tw)
     grid = torch.zeros(filters, count, nh, nw, dtype=poly.dtype, device=poly.device)
     grid[:, :, : taps[0], : taps[1]] = poly
     # the symbol sum_t w_t e^{+i w t} at the grid frequencies (ifft2 up to the factor N_h N_w)

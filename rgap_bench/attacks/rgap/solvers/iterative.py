@@ -11,6 +11,7 @@ from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.plan import LayerPlan
 from rgap_bench.attacks.rgap.solvers.base import LayerProblem, LayerSolve
 from rgap_bench.linalg.batched_system import StackedBlockJacobi, StackedSystems
+from rgap_bench.linalg.circulant import CirculantPreconditioner, circulant_applies
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem
 from rgap_bench.linalg.pcg import pcg, pcg_many
 from rgap_bench.linalg.resources import batch_bytes, cpu_threads, dense_bytes, solve_threads
@@ -23,8 +24,9 @@ CONVERGED_FACTOR = 1e3
 
 
 def _preconditioner(problem: LayerProblem, plan: LayerPlan) -> BlockJacobi:
-    # float32 preconditioning only where the solution is unique (proven full rank): on a deficient layer the
-    # preconditioner picks which of the solutions PCG returns, and that must not change
+    # below `circulant.MIN_UNKNOWNS` unknowns (larger convs take the circulant: 1060 -> 270 PCG iterations on the
+    # wide net's conv1 at 128x128); float32 preconditioning only where the solution is unique (proven full rank):
+    # on a deficient layer the preconditioner picks which of the solutions PCG returns, and that must not change
     compact = plan.certificate is not None or plan.known_rank == problem.layer.unknowns
     return BlockJacobi(problem.system, compact=compact)
 
@@ -32,15 +34,17 @@ def _preconditioner(problem: LayerProblem, plan: LayerPlan) -> BlockJacobi:
 def solve_pcg(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions) -> LayerSolve:
     layer, system, weight = problem.layer, problem.system, problem.weight
     with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):
+        circulant = circulant_applies(system)
         result = pcg(
             system.normal,
             system.normal_rhs(),
-            _preconditioner(problem, plan),
+            CirculantPreconditioner(system) if circulant else _preconditioner(problem, plan),
             tol=options.tol,
             max_iter=options.max_iter,
             x0=system.weight_row_start(),
         )
-    return _layer_solve(problem, result.x, result.iterations, result.normal_residual_rel, options)
+    label = "pcg-circulant" if circulant else "pcg-blockjacobi"
+    return _layer_solve(problem, result.x, result.iterations, result.normal_residual_rel, options, label)
 
 
 def solve_pcg_many(problems: list[LayerProblem], plans: list[LayerPlan], options: RGAPOptions) -> list[LayerSolve]:
@@ -48,7 +52,11 @@ def solve_pcg_many(problems: list[LayerProblem], plans: list[LayerPlan], options
     PCGs (`pcg.pcg_many`) over runs of consecutive samples with the same kind of preconditioner (mode and dtype),
     each run as long as its stacked operators fit `resources.batch_bytes`; each sample is checked and stopped as
     `solve_pcg` would stop it, so the solutions are the same up to rounding. Thread caps as `solve_pcg`'s, for a
-    sample's preconditioner and for a run's PCG (its work: the run's samples together)."""
+    sample's preconditioner and for a run's PCG (its work: the run's samples together). Layers large enough for the
+    circulant preconditioner (`linalg.circulant`) run one PCG per sample (no stacked circulant; on the host their
+    stacked block-Jacobi operators would not fit `batch_bytes` anyway)."""
+    if circulant_applies(problems[0].system):
+        return [solve_pcg(problem, plan, options) for problem, plan in zip(problems, plans, strict=True)]
     weight = problems[0].weight
     budget = batch_bytes(weight.device)
     work = problems[0].layer.unknowns * weight[0].numel()
@@ -84,14 +92,16 @@ def _solve_run(run: list[tuple[LayerProblem, BlockJacobi]], options: RGAPOptions
         pre = StackedBlockJacobi([p for _, p in run])
         result = pcg_many(StackedSystems(systems), rhs, pre, tol=options.tol, max_iter=options.max_iter, x0=x0)
         return [
-            _layer_solve(problem, result.x[j], result.iterations[j], result.normal_residual_rel[j], options)
+            _layer_solve(
+                problem, result.x[j], result.iterations[j], result.normal_residual_rel[j], options, "pcg-blockjacobi"
+            )
             for j, (problem, _) in enumerate(run)
         ]
 
 
 def _layer_solve(problem: LayerProblem, x: Tensor, iterations: int, normal_residual_rel: float,
-                 options: RGAPOptions) -> LayerSolve:  # fmt: skip
-    """The solve's record; warns when PCG stopped short of attack.tol."""
+                 options: RGAPOptions, label: str) -> LayerSolve:  # fmt: skip
+    """The solve's record (`label`: the solver in layers.json); warns when PCG stopped short of attack.tol."""
     layer, system, weight = problem.layer, problem.system, problem.weight
     n = layer.unknowns
     converged = normal_residual_rel <= CONVERGED_FACTOR * options.tol
@@ -106,7 +116,7 @@ def _layer_solve(problem: LayerProblem, x: Tensor, iterations: int, normal_resid
     return LayerSolve(
         x.reshape(layer.in_shape),
         system.residual_rel(x),
-        "pcg-blockjacobi",
+        label,
         iterations=iterations,
         normal_residual_rel=normal_residual_rel,
         converged=converged,

@@ -97,16 +97,21 @@ def test_pcg_with_it_reaches_the_dense_least_squares_solution(conv_case, make_co
     assert torch.allclose(result.x, reference, atol=1e-10, rtol=0)
 
 
-def test_large_layers_take_it_and_keep_the_reconstruction(monkeypatch, make_update, photo_batch):
-    """With the size threshold lowered every conv of a small net is solved with the circulant preconditioner,
-    and the reconstruction is the block-Jacobi one (to the float32 image's rounding)."""
+def _small_wide_net():
+    """The "wide" net's first two convs at 16x16 (below the size threshold unless it is lowered)."""
     torch.manual_seed(0)
     specs = [
         LayerSpec("conv", 12, 4, 2, 2),
         LayerSpec("conv", 16, 3, 1, 1),
         LayerSpec("linear", 1, activation="identity"),
     ]
-    model = build_from_specs("wide", (3, 16, 16), specs)
+    return build_from_specs("wide", (3, 16, 16), specs)
+
+
+def test_large_layers_take_it_and_keep_the_reconstruction(monkeypatch, make_update, photo_batch):
+    """With the size threshold lowered every conv of a small net is solved with the circulant preconditioner,
+    and the reconstruction is the block-Jacobi one (to the float32 image's rounding)."""
+    model = _small_wide_net()
     update = make_update(model, photo_batch(image_size=16))
     reference = RGAP(rank="off")(model, update)
     monkeypatch.setattr(circulant, "MIN_UNKNOWNS", 0)
@@ -119,13 +124,7 @@ def test_large_layers_take_it_and_keep_the_reconstruction(monkeypatch, make_upda
 def test_attack_many_solves_large_layers_one_circulant_pcg_per_sample(monkeypatch, make_update, photo_batch):
     """`attack_many` sends layers that take the circulant to one PCG per sample (no stacked circulant): the same
     reconstructions as one call per update."""
-    torch.manual_seed(0)
-    specs = [
-        LayerSpec("conv", 12, 4, 2, 2),
-        LayerSpec("conv", 16, 3, 1, 1),
-        LayerSpec("linear", 1, activation="identity"),
-    ]
-    model = build_from_specs("wide", (3, 16, 16), specs)
+    model = _small_wide_net()
     updates = [make_update(model, photo_batch(image_size=16, index=i)) for i in range(2)]
     monkeypatch.setattr(circulant, "MIN_UNKNOWNS", 0)
     many = RGAP()(model, updates[0]), RGAP()(model, updates[1])

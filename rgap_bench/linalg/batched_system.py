@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rgap_bench.linalg.constraints import conv_adjoint
 from rgap_bench.linalg.operators import BlockJacobi, ConvSystem
 
 
@@ -60,11 +61,7 @@ class StackedSystems:
         """(B, C, H, W) -> A_b^T A_b x_b for every sample."""
         rg = self.row_geom
         y = F.conv2d(x, self.row_weight, stride=rg.stride, padding=rg.padding) * self.weight_scale2
-        (sh, sw), (ph, pw), (kh, kw) = rg.stride, rg.padding, rg.kernel
-        oh, ow = y.shape[-2:]
-        extra = (rg.in_shape[1] - (oh - 1) * sh + 2 * ph - kh, rg.in_shape[2] - (ow - 1) * sw + 2 * pw - kw)
-        weight_part = F.conv_transpose2d(y, self.row_weight, stride=rg.stride, padding=rg.padding, output_padding=extra)
-        return self._gradient_part(x) + weight_part
+        return self._gradient_part(x) + conv_adjoint(self.row_weight, y, rg)
 
 
 class StackedBlockJacobi:

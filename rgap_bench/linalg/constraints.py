@@ -44,6 +44,15 @@ class ConvGeometry:
         return c * (h + 2 * self.padding[0]) * (w + 2 * self.padding[1])
 
 
+def conv_adjoint(weight: Tensor, out: Tensor, geom: ConvGeometry) -> Tensor:
+    """conv2d's adjoint on a (B, F, Ho, Wo) batch, back to geom's (B, C, H, W) input: conv_transpose2d with the
+    output padding that restores the input size a strided conv rounded away."""
+    (sh, sw), (ph, pw), (kh, kw) = geom.stride, geom.padding, geom.kernel
+    oh, ow = out.shape[-2:]
+    extra = (geom.in_shape[1] - (oh - 1) * sh + 2 * ph - kh, geom.in_shape[2] - (ow - 1) * sw + 2 * pw - kw)
+    return F.conv_transpose2d(out, weight, stride=geom.stride, padding=geom.padding, output_padding=extra)
+
+
 def conv_patch_index(geom: ConvGeometry) -> Tensor:
     """(C*kh*kw, L) flat interior index read by each kernel tap at each output position; -1 marks padding."""
     c, h, w = geom.in_shape

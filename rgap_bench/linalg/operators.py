@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rgap_bench.linalg.constraints import ConvGeometry, conv_patch_index
+from rgap_bench.linalg.constraints import ConvGeometry, conv_adjoint, conv_patch_index
 from rgap_bench.linalg.pooling import pooled_filters, pooled_geometry, upsample_error
 from rgap_bench.linalg.precision import compact_dtype
 from rgap_bench.linalg.symbol import full_conv_solve, symbol_sigma_bounds
@@ -78,11 +78,7 @@ class ConvSystem:
     def _input_grad(self, weight: Tensor, out: Tensor, geom: ConvGeometry | None = None) -> Tensor:
         """conv2d's adjoint, as conv_transpose2d: the same kernel, bitwise, without conv2d_input's argument parsing
         (~10 us of ~40 per call on CNN6's conv1 and conv2, which PCG makes hundreds of)."""
-        geom = geom or self.geom
-        (sh, sw), (ph, pw), (kh, kw) = geom.stride, geom.padding, geom.kernel
-        oh, ow = out.shape[-2:]
-        extra = (geom.in_shape[1] - (oh - 1) * sh + 2 * ph - kh, geom.in_shape[2] - (ow - 1) * sw + 2 * pw - kw)
-        return F.conv_transpose2d(out, weight, stride=geom.stride, padding=geom.padding, output_padding=extra)[0]
+        return conv_adjoint(weight, out, geom or self.geom)[0]
 
     def grad_rows(self, x: Tensor) -> Tensor:
         return self._weight_grad(x[None], self.k_full[None], self.weight.shape) * self.grad_scale

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -141,13 +143,20 @@ class RGAP:
         self.dtype = torch.float64 if self.options.dtype == "float64" else torch.float32
 
     def __call__(self, model: nn.Module, update: ClientUpdate) -> Reconstruction:
-        with conv_tf32(False):  # every solve goes through convolutions: float32 must stay IEEE float32 on a GPU
+        with self._solving("this update"):
+            return self._attack(model, update)
+
+    @contextlib.contextmanager
+    def _solving(self, what: str) -> Iterator[None]:
+        """IEEE float32 convolutions for every solve (on a GPU too), and a failed factorisation (e.g. a gradient so
+        small that its normal matrix underflows) reported as the update's fault."""
+        with conv_tf32(False):
             try:
-                return self._attack(model, update)
-            except torch.linalg.LinAlgError as exc:  # e.g. a gradient so small that its normal matrix underflows
+                yield
+            except torch.linalg.LinAlgError as exc:
                 raise InvalidUpdateError(
-                    f"R-GAP's linear algebra failed on this update ({exc}); its gradients are too far outside the "
-                    f"range of {self.options.dtype} to solve: check the client's loss and any defence's scale"
+                    f"R-GAP's linear algebra failed on {what} ({exc}); its gradients are too far outside the range "
+                    f"of {self.options.dtype} to solve: check the client's loss and any defence's scale"
                 ) from exc
 
     def attack_many(self, model: nn.Module, updates: list[ClientUpdate]) -> list[Reconstruction]:
@@ -155,15 +164,9 @@ class RGAP:
         updates]` returns them up to rounding: the one-sample ones walk down the layers together and each conv
         layer's plain solve is one batched PCG over them, on the model's device (`lockstep.py`). An update that
         needs more (a batch, noise, a rank-deficient layer) is attacked on its own."""
-        with conv_tf32(False), shared_weights():  # the weight rows' symbol bounds: once per layer, not per sample
-            try:
-                return self._attack_many(model, updates)
-            except torch.linalg.LinAlgError as exc:
-                raise InvalidUpdateError(
-                    f"R-GAP's linear algebra failed on one of {len(updates)} updates ({exc}); its gradients are too "
-                    f"far outside the range of {self.options.dtype} to solve: check the client's loss and any "
-                    "defence's scale"
-                ) from exc
+        # shared_weights: the weight rows' symbol bounds once per layer, not per sample
+        with self._solving(f"one of {len(updates)} updates"), shared_weights():
+            return self._attack_many(model, updates)
 
     def _attack_many(self, model: nn.Module, updates: list[ClientUpdate]) -> list[Reconstruction]:
         hypotheses = {}

@@ -7,7 +7,8 @@ updates too: a few |z| fall inside the doubt band). Everything else (the plan's 
 reports, the refit itself) runs per sample as it does alone. A recursion leaves the lockstep as soon as it needs
 more than the plain path: a layer that is noisy (its residual above the noise floor, or noise announced),
 rank-deficient or carries a null space down; its owner (the update) is then attacked on its own, so no answer
-depends on whether it was batched beyond rounding.
+depends on whether it was batched beyond rounding. A deficient conv taken by the composed joint solve
+(`deferred.py`) asks for no plain solve: each walk does that pair itself, inside the lockstep.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rgap_bench.attacks.rgap.joint_direct import DIRECT_MIN_UNKNOWNS, PROOF, DirectJoint, direct_pattern_iteration
 from rgap_bench.errors import UnsupportedModelError
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.constraints import ConvGeometry
@@ -49,6 +50,7 @@ class JointSolution:
     unknowns: int = 0  # of the joint system: the lower layer's inputs + the free coefficients
     rank: int | None = None  # of the joint system at the solution's pattern (None: not measured)
     open_lower: Tensor | None = None  # (n_lower, unknowns - rank): input directions no equation reaches
+    rank_method: str = ""  # how `rank` was proven where not by the dense factorisation (`joint_direct.PROOF`)
 
     @property
     def consistent(self) -> bool:
@@ -95,12 +97,19 @@ def solve_through_null_space(
             "attack.carry_null_space=false for this architecture"
         )
     joint = _ConvJoint(weight, grad, geom, act, back_k, x_min, null_basis, scale_rows, bias, pool)
-    solution = _pattern_iteration(joint, tol=tol, max_pcg_iter=max_pcg_iter, **options)
+    direct = DirectJoint(joint) if joint.n_lower >= DIRECT_MIN_UNKNOWNS else None  # one sparse factor, few rounds
+    search = _pattern_iteration(joint, tol=tol, max_pcg_iter=max_pcg_iter, **options) if direct is None else None
+    solution = search or direct_pattern_iteration(joint, direct, tol=tol)
     if not solution.consistent:
         solution = _forward_candidate(joint, solution)
     solution.unknowns = joint.n_lower + joint.null.shape[1]
     if solution.consistent:  # a pattern that did not settle is graded approximate whatever its rank
-        solution.rank, solution.open_lower = joint_rank(joint, solution.x_upper, rcond)
+        proven = None if direct is None else direct.rank(solution.x_upper, rcond)
+        if proven is not None:
+            open_lower = joint.x_min.new_zeros(joint.n_lower, 0)
+            solution.rank, solution.open_lower, solution.rank_method = proven, open_lower, PROOF
+        else:
+            solution.rank, solution.open_lower = joint_rank(joint, solution.x_upper, rcond)
     return solution
 
 

@@ -54,6 +54,7 @@ def solve_joint(
         pattern_settled=joint.consistent,
         joint_rank=joint.rank,
         joint_unknowns=joint.unknowns,
+        rank_method=joint.rank_method,
         note=(
             f"solved with the {null_basis.shape[1]} undetermined directions of layer {layer.index + 1}; "
             f"activation pattern {settled}"

@@ -25,7 +25,8 @@ from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import dense_memory
 from rgap_bench.linalg.split_bound import phase_split_bound
 
-Strategy = Literal["direct-linear", "pcg", "krylov", "dense", "explicit-dense", "explicit-sparse", "lstsq"]
+Strategy = Literal["direct-linear", "pcg", "krylov", "dense", "woodbury", "explicit-dense", "explicit-sparse", "lstsq"]
+WOODBURY_MIN_UNKNOWNS = 8192  # from here a deficient conv's null space comes from `solvers.woodbury`, not dense
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,11 @@ def _strategy(layer: RGAPLayer, want_rank: bool, options: RGAPOptions, rows_drop
         if not want_rank:
             return "pcg"
         probe = options.rank == "auto" and layer.predicted_deficiency() == 0 and not rows_dropped
-        return "krylov" if probe else "dense"
+        if probe:
+            return "krylov"
+        # a large conv on the host, no pooling or dropped rows: Woodbury over its banded weight rows (CNN6 64x64)
+        banded = layer.pool == 1 and not rows_dropped and layer.op.weight.device.type == "cpu"
+        return "woodbury" if banded and layer.unknowns >= WOODBURY_MIN_UNKNOWNS else "dense"
     if solver == "iterative":
         return "pcg" if layer.is_conv else "direct-linear"
     if solver == "dense":

@@ -12,12 +12,14 @@ from rgap_bench.attacks.rgap.solvers.iterative import solve_pcg
 from rgap_bench.attacks.rgap.solvers.joint import solve_joint
 from rgap_bench.attacks.rgap.solvers.krylov import solve_krylov
 from rgap_bench.attacks.rgap.solvers.linear import solve_linear
+from rgap_bench.attacks.rgap.solvers.woodbury import solve_woodbury
 
 STRATEGIES: dict[Strategy, SolveFunction] = {
     "direct-linear": solve_linear,
     "pcg": solve_pcg,
     "krylov": solve_krylov,
     "dense": solve_dense,
+    "woodbury": solve_woodbury,
     "explicit-dense": solve_explicit_dense,
     "explicit-sparse": solve_explicit_sparse,
     "lstsq": solve_lstsq,

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import rgap_bench.attacks.rgap.plan as plan
-from rgap_bench.attacks.rgap import RGAP
+from rgap_bench.attacks.rgap import RGAP, RGAPLayer, RGAPOptions
 from rgap_bench.attacks.rgap.solvers.woodbury import ShiftedInverse
+from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.constraints import ConvGeometry
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.rank import conv_counts
@@ -40,9 +41,9 @@ def test_the_woodbury_path_finds_the_dense_paths_null_space(
     model = deficient_over_surplus(0)
     batch = photo_batch(image_size=8, channels=1, index=0)
     update = make_update(model, batch)
-    dense = RGAP(rank="exact")(model, update)
+    dense = RGAP(rank="auto")(model, update)
     monkeypatch.setattr(plan, "WOODBURY_MIN_UNKNOWNS", 0)
-    woodbury = RGAP(rank="exact")(model, update)
+    woodbury = RGAP(rank="auto")(model, update)
     conv1, conv2 = woodbury.layers[:2]
     assert conv2.solver == "woodbury-banded-pinv" and conv2.rank_method == "shift-invert iteration"
     assert conv2.rank_deficiency == dense.layers[1].rank_deficiency == CONV2_NULL
@@ -50,5 +51,20 @@ def test_the_woodbury_path_finds_the_dense_paths_null_space(
     assert psnr(woodbury.inputs, batch.inputs) == pytest.approx(psnr(dense.inputs, batch.inputs), abs=0.5)
     # attack.dtype=float32: the system is float32, the Woodbury factors float64, so the count still holds (the
     # dense path factorises the float32 normal matrix, whose rounding hides most of the null space: 149 of 340)
-    single = RGAP(rank="exact", dtype="float32")(model, update)
+    single = RGAP(rank="auto", dtype="float32")(model, update)
     assert single.layers[1].solver == conv2.solver and single.layers[1].rank_deficiency == CONV2_NULL
+
+
+@pytest.mark.parametrize(
+    ("filters", "image", "expected"), [(36, 33, "symbol"), (36, 32, "woodbury"), (36, 17, "dense"), (300, 33, "dense")]
+)
+def test_large_convs_with_few_gradient_rows_skip_the_dense_path(monkeypatch, filters, image, expected):
+    """A conv with a predicted null space: 12x33x33 in and 3888 weights (CNN6's conv2 at 64x64, full in polyphase
+    form) gets its symbol's null space, 12x32x32 (not full: the odd phase overruns the 16-wide grid) Woodbury;
+    3468 unknowns (at 32x32) or as many gradient rows as unknowns (300 filters: 32400 > 13068 / 2) keep the dense
+    path, and so does rank=exact, the reference."""
+    monkeypatch.setattr(RGAPLayer, "predicted_deficiency", lambda self: 72)
+    op = torch.nn.Conv2d(12, filters, 3, stride=2, padding=1, bias=False)
+    layer = RGAPLayer(1, "blocks.1.op.weight", op, PiecewiseLinear(0.2), (12, image, image), (filters, 1, 1), op.weight)
+    assert plan._strategy(layer, True, RGAPOptions(rank="auto")) == expected
+    assert plan._strategy(layer, True, RGAPOptions(rank="exact")) == "dense"

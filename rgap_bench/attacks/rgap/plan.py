@@ -4,7 +4,8 @@ attack.solver=auto (the default): the closed form for a linear layer, PCG for a 
 wanted (attack.rank: `exact` always; `auto` up to attack.rank_max_unknowns unknowns, or up to
 attack.null_max_unknowns when the counting bound predicts a null space the layer below can absorb) the matrix-free
 probe (`solvers.krylov`: PCG with a random probe, the dense path only as its fallback) under rank=auto where no
-null space is predicted, the dense factorisation otherwise; no rank is measured where a bound proves the layer
+null space is predicted, the dense factorisation otherwise (from WOODBURY_MIN_UNKNOWNS unknowns under rank=auto:
+Woodbury over the banded weight rows, `solvers.woodbury`); no rank is measured where a bound proves the layer
 full rank (any size): the gradient rows alone (a tall K), the weight rows' Fourier symbol (a full conv in
 polyphase form, `rgap_bench.linalg.symbol`), or the two split by pixel phase (`rgap_bench.linalg.split_bound`); nor
 where the dense matrices would not fit in free memory.
@@ -24,8 +25,11 @@ from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.resources import dense_memory
 from rgap_bench.linalg.split_bound import phase_split_bound
+from rgap_bench.linalg.symbol_null import full_polyphase
 
-Strategy = Literal["direct-linear", "pcg", "krylov", "dense", "woodbury", "explicit-dense", "explicit-sparse", "lstsq"]
+Strategy = Literal[
+    "direct-linear", "pcg", "krylov", "dense", "symbol", "woodbury", "explicit-dense", "explicit-sparse", "lstsq"
+]
 WOODBURY_MIN_UNKNOWNS = 8192  # from here a deficient conv's null space comes from `solvers.woodbury`, not dense
 
 log = logging.getLogger(__name__)
@@ -73,7 +77,8 @@ def _full_rank_certificate(system: ConvSystem | None, options: RGAPOptions) -> t
 def _strategy(layer: RGAPLayer, want_rank: bool, options: RGAPOptions, rows_dropped: bool = False) -> Strategy:
     """auto: closed form for linear layers, PCG for convs; when a rank is wanted, the matrix-free probe where no
     null space is predicted, the dense path where one is (its basis feeds the joint solve, and PCG on such layers
-    can take thousands of iterations: CNN6's conv2 at 64x64) or under rank=exact (the reference). A layer that
+    can take thousands of iterations: CNN6's conv2 at 64x64; Woodbury instead from WOODBURY_MIN_UNKNOWNS on) or
+    under rank=exact (the reference). A layer that
     dropped dead ReLU rows has no prediction (each dropped row can open a direction) and an inconsistent system
     PCG does not settle (LeNet-5's conv1: 3000 iterations at residual 0.8 before the probe gave up): dense."""
     solver = options.solver
@@ -85,9 +90,14 @@ def _strategy(layer: RGAPLayer, want_rank: bool, options: RGAPOptions, rows_drop
         probe = options.rank == "auto" and layer.predicted_deficiency() == 0 and not rows_dropped
         if probe:
             return "krylov"
-        # a large conv on the host, no pooling or dropped rows: Woodbury over its banded weight rows (CNN6 64x64)
+        # rank=auto, a large conv on the host, no pooling or dropped rows, with at most n/2 gradient rows (one per
+        # weight; Woodbury costs n m^2 against n^3/3): Woodbury over its banded weight rows (CNN6's conv2 at 64x64:
+        # m = 3888 for n = 13068); rank=exact keeps the dense reference
         banded = layer.pool == 1 and not rows_dropped and layer.op.weight.device.type == "cpu"
-        return "woodbury" if banded and layer.unknowns >= WOODBURY_MIN_UNKNOWNS else "dense"
+        banded = banded and options.rank == "auto" and layer.unknowns >= WOODBURY_MIN_UNKNOWNS
+        if not (banded and 2 * layer.op.weight.numel() <= layer.unknowns):
+            return "dense"
+        return "symbol" if full_polyphase(layer.geometry) else "woodbury"  # the symbol's null space where it is full
     if solver == "iterative":
         return "pcg" if layer.is_conv else "direct-linear"
     if solver == "dense":

@@ -30,7 +30,7 @@ from rgap_bench.attacks.rgap.options import RGAPOptions
 from rgap_bench.attacks.rgap.pattern import ROBUST_ROUNDS, PatternFit, filter_residuals, filter_weights, refit_rounds
 from rgap_bench.attacks.rgap.plan import LayerPlan, plan_layer
 from rgap_bench.attacks.rgap.report import below_open, completed_below, layer_report
-from rgap_bench.attacks.rgap.solvers import STRATEGIES, LayerProblem, LayerSolve, solve_joint
+from rgap_bench.attacks.rgap.solvers import FACTORED, STRATEGIES, LayerProblem, LayerSolve, solve_joint
 from rgap_bench.attacks.rgap.start import HeadStart
 from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.resources import cpu_threads, solve_threads
@@ -47,9 +47,12 @@ def _solve_layer(layer: RGAPLayer, k: Tensor, z: Tensor, options: RGAPOptions, d
     busy 2-core machine two threads made CNN6's gradient-row bound 0.01 -> 2.5 s)."""
     start = time.perf_counter()
     weight = layer.op.weight.detach().to(dtype)
-    with cpu_threads(solve_threads(weight.device, layer.unknowns * weight[0].numel())):  # small layers: 1 thread
+    threads = solve_threads(weight.device, layer.unknowns * weight[0].numel())  # small layers: 1 thread
+    with cpu_threads(threads):
         problem, plan = plan_problem(layer, k, z, options, dtype, alive, weight, grad_weight)
+    with cpu_threads(None if plan.strategy in FACTORED else threads):  # dense BLAS work: every thread
         solve = STRATEGIES[plan.strategy](problem, plan, options)
+    with cpu_threads(threads):
         return conclude_layer(problem, plan, solve, options, start)
 
 

@@ -12,6 +12,7 @@ from rgap_bench.attacks.rgap.solvers.iterative import solve_pcg
 from rgap_bench.attacks.rgap.solvers.joint import solve_joint
 from rgap_bench.attacks.rgap.solvers.krylov import solve_krylov
 from rgap_bench.attacks.rgap.solvers.linear import solve_linear
+from rgap_bench.attacks.rgap.solvers.symbol_null import solve_symbol_null
 from rgap_bench.attacks.rgap.solvers.woodbury import solve_woodbury
 
 STRATEGIES: dict[Strategy, SolveFunction] = {
@@ -19,10 +20,15 @@ STRATEGIES: dict[Strategy, SolveFunction] = {
     "pcg": solve_pcg,
     "krylov": solve_krylov,
     "dense": solve_dense,
+    "symbol": solve_symbol_null,
     "woodbury": solve_woodbury,
     "explicit-dense": solve_explicit_dense,
     "explicit-sparse": solve_explicit_sparse,
     "lstsq": solve_lstsq,
 }
 
-__all__ = ["STRATEGIES", "LayerProblem", "LayerSolve", "solve_joint"]
+# strategies that factorise a large layer's matrices (dense BLAS work: they run on every CPU thread, not the cap of
+# small layers' PCG)
+FACTORED: tuple[Strategy, ...] = ("symbol", "woodbury")
+
+__all__ = ["FACTORED", "STRATEGIES", "LayerProblem", "LayerSolve", "solve_joint"]

@@ -129,20 +129,19 @@ def symbol_null_basis(weight: Tensor, geom: ConvGeometry, rtol: float = 1e-10) -
                 null = vh[a, b, rank:].conj().T  # (P, d)
             frequencies.append((a, b, real))
             kernels.append(null)
+    return SymbolNullBasis(geom, frequencies, kernels, *polyphase_grid(geom, channels), symbol)
+
+
+def polyphase_grid(geom: ConvGeometry, channels: int) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, ...]]:
+    """Where E puts each pixel ((C, H, W) order) in the (channels, Nh, Nw) polyphase grid: its channel, its (row,
+    column), and the (channel, row, column) of every grid position no pixel reaches."""
     c, h, w = geom.in_shape
     (sh, sw), (ph, pw) = geom.stride, geom.padding
+    nh, nw = geom.out_hw
     phase_h, pos_h = _interior_index(h, sh, ph, torch.device("cpu"))
     phase_w, pos_w = _interior_index(w, sw, pw, torch.device("cpu"))
     chan = torch.arange(c)[:, None, None] * (sh * sw) + phase_h[None, :, None] * sw + phase_w[None, None, :]
     rows, cols = pos_h[None, :, None].expand(c, h, w), pos_w[None, None, :].expand(c, h, w)
     reached = torch.zeros(channels, nh, nw, dtype=torch.bool)
     reached[chan, rows, cols] = True
-    return SymbolNullBasis(
-        geom,
-        frequencies,
-        kernels,
-        chan.reshape(-1),
-        (rows.reshape(-1), cols.reshape(-1)),
-        torch.nonzero(~reached, as_tuple=True),
-        symbol,
-    )
+    return chan.reshape(-1), (rows.reshape(-1), cols.reshape(-1)), torch.nonzero(~reached, as_tuple=True)

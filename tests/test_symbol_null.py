@@ -41,8 +41,7 @@ def test_the_basis_spans_the_weight_rows_null_space():
     weight = torch.randn(8, 3, 3, 3, dtype=torch.float64, generator=gen)
     basis = symbol_null_basis(weight, geom)
     assert full_polyphase(geom) and basis.size == 25 * (12 - 8)  # 25 frequencies, 12 - 8 null vectors each
-    columns = torch.cat([pixels for _, pixels, _ in basis.chunks()], dim=1)
-    unreached = torch.cat([rows for _, _, rows in basis.chunks()], dim=1)
+    columns, unreached = basis.pixels(), basis.unreached_rows()
     grid = torch.cat([columns, unreached])
     assert torch.allclose(grid.T @ grid, torch.eye(basis.size, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(basis.synthesize(torch.eye(basis.size, dtype=torch.float64)), columns, atol=1e-12)
@@ -70,3 +69,14 @@ def test_the_symbol_path_matches_the_dense_normal_matrix(filters, size, seed):
     if dense_null.shape[1]:
         error = error - dense_null @ (dense_null.T @ error)
     assert solve.residual_rel < 1e-9 and float(error.norm()) < 1e-8  # exact up to the null space
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "size"), [(3, 2, 1, 9), (4, 2, 2, 10), (3, 1, 2, 6)])
+def test_the_gradient_rows_on_the_basis_are_the_masked_fourier_coefficients_of_k(kernel, stride, padding, size):
+    """The gradient rows of every basis vector, from the FFT of the masked error, equal K (x) I applied to E^T T."""
+    problem, _ = _layer(4, 5, size, kernel, stride, padding)
+    system = problem.system
+    basis = symbol_null_basis(system.row_weight, system.row_geom)
+    kmat = system.channel_matrix().detach()
+    explicit = (kmat @ basis.pixels().reshape(3, size * size, -1)).reshape(3 * kmat.shape[0], -1)
+    assert torch.allclose(basis.gradient_rows(system.k_full, system.grad_scale), explicit, atol=1e-12)

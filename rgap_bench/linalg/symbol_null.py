@@ -23,8 +23,6 @@ from torch import Tensor
 from rgap_bench.linalg.constraints import ConvGeometry
 from rgap_bench.linalg.symbol import _axis_full, _interior_index, _symbol
 
-CHUNK = 24  # frequencies whose basis vectors are evaluated at once (24 x 24 columns x 13068 pixels: 60 MB)
-
 
 def full_polyphase(geom: ConvGeometry) -> bool:
     """Whether the conv is full in every polyphase phase (W = C E with C circulant on the output grid)."""
@@ -36,7 +34,7 @@ def full_polyphase(geom: ConvGeometry) -> bool:
 
 @dataclass
 class SymbolNullBasis:
-    """T restricted to the pixels (E^T T) and to the unreached grid positions, evaluated chunk by chunk."""
+    """T restricted to the pixels (E^T T), to the unreached grid positions, and seen by the gradient rows."""
 
     geom: ConvGeometry
     frequencies: list[tuple[int, int, bool]]  # (a, b, self-conjugate) for one w of each pair {w, -w}
@@ -52,32 +50,62 @@ class SymbolNullBasis:
             k.shape[1] * (1 if real else 2) for (_, _, real), k in zip(self.frequencies, self.kernels, strict=True)
         )
 
-    def chunks(self):
-        """(columns, pixel rows (n, cols), unreached rows (u, cols)) of T's basis vectors, CHUNK frequencies at a
-        time, in a fixed column order."""
+    def _columns(self, values) -> Tensor:
+        """T's basis vectors evaluated by a linear map: `values(a, b, kernel)` gives the map's values on the complex
+        waves e^{i w q} v_j (one column per null vector v_j), turned here into the real basis' columns."""
         nh, nw = self.geom.out_hw
-        start = 0
-        for first in range(0, len(self.frequencies), CHUNK):
-            pix, unr = [], []
-            for (a, b, real), kernel in zip(
-                self.frequencies[first : first + CHUNK], self.kernels[first : first + CHUNK], strict=True
-            ):
-                for rows, (chan, pos_h, pos_w) in (
-                    (pix, (self.pixel_channel, *self.pixel_pos)),
-                    (unr, self.unreached),
-                ):
-                    wave = (
-                        torch.exp(2j * math.pi * (a * pos_h.double() / nh + b * pos_w.double() / nw))[:, None]
-                        * kernel[chan]
-                    )
-                    if real:
-                        rows.append(wave.real / math.sqrt(nh * nw))
-                    else:
-                        scale = math.sqrt(2 / (nh * nw))
-                        rows.append(torch.cat([wave.real, wave.imag], dim=1) * scale)
-            block = torch.cat(pix, dim=1)
-            yield slice(start, start + block.shape[1]), block, torch.cat(unr, dim=1)
-            start += block.shape[1]
+        out = []
+        for (a, b, real), kernel in zip(self.frequencies, self.kernels, strict=True):
+            wave = values(a, b, kernel)
+            if real:
+                out.append(wave.real / math.sqrt(nh * nw))
+            else:
+                out.append(torch.cat([wave.real, wave.imag], dim=1) * math.sqrt(2 / (nh * nw)))
+        return torch.cat(out, dim=1)
+
+    def _phase(self, a: int, b: int, rows: Tensor, cols: Tensor) -> Tensor:
+        nh, nw = self.geom.out_hw
+        return torch.exp(2j * math.pi * (a * rows.double() / nh + b * cols.double() / nw))
+
+    def pixels(self) -> Tensor:
+        """E^T T: (n, size)."""
+        chan, (rows, cols) = self.pixel_channel, self.pixel_pos
+        return self._columns(lambda a, b, kernel: self._phase(a, b, rows, cols)[:, None] * kernel[chan])
+
+    def unreached_rows(self) -> Tensor:
+        """T at the grid positions no pixel reaches: (unreached, size)."""
+        chan, rows, cols = self.unreached
+        return self._columns(lambda a, b, kernel: self._phase(a, b, rows, cols)[:, None] * kernel[chan])
+
+    def gradient_rows(self, k: Tensor, scale: Tensor) -> Tensor:
+        """The gradient rows dL/dW[f, c, t] = sum_p k[f, p] x[c, s p + t - pad] (times `scale`, (F, 1, kh, kw)) on
+        E^T T: (C F kh kw, size), rows in (c, f, t) order. On a wave the row is the masked k's Fourier coefficient:
+        tap t reads grid channel c s^2 + (t mod s) at position p + t div s, so a wave e^{i w q} v gives
+        v[chan] e^{i w (t div s)} sum_p k_t[p] e^{i w p}, k_t being k where tap t reads a pixel (not padding)."""
+        c, h, w = self.geom.in_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.geom.kernel, self.geom.stride, self.geom.padding
+        nh, nw = self.geom.out_hw
+        filters = k.shape[0]
+        th, tw = torch.arange(kh), torch.arange(kw)
+        valid_h = (sh * torch.arange(nh)[None, :] + th[:, None] - ph >= 0) & (
+            sh * torch.arange(nh) + th[:, None] - ph < h
+        )
+        valid_w = (sw * torch.arange(nw)[None, :] + tw[:, None] - pw >= 0) & (
+            sw * torch.arange(nw) + tw[:, None] - pw < w
+        )
+        mask = valid_h[:, None, :, None] & valid_w[None, :, None, :]  # (kh, kw, Nh, Nw)
+        masked = k.detach().cpu().double()[:, None, None] * mask  # (F, kh, kw, Nh, Nw)
+        spectra = torch.fft.ifft2(masked) * (nh * nw)  # sum_p k_t[p] e^{+i w p}
+        spectra = spectra * scale.detach().cpu().double().reshape(filters, kh, kw, 1, 1)
+        chan = torch.arange(c)[:, None, None] * (sh * sw) + (th % sh)[None, :, None] * sw + (tw % sw)[None, None, :]
+        shift_h, shift_w = (th // sh).double(), (tw // sw).double()
+
+        def values(a: int, b: int, kernel: Tensor) -> Tensor:
+            lead = torch.exp(2j * math.pi * (a * shift_h[:, None] / nh + b * shift_w[None, :] / nw))  # (kh, kw)
+            row = spectra[:, :, :, a, b] * lead  # (F, kh, kw)
+            return (row[None, :, :, :, None] * kernel[chan][:, None]).reshape(c * filters * kh * kw, kernel.shape[1])
+
+        return self._columns(values)
 
     def synthesize(self, theta: Tensor) -> Tensor:
         """E^T T theta for (size, k) coefficients, as (n, k) pixels: each frequency's coefficients become its Fourier

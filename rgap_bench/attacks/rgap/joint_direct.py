@@ -1,16 +1,17 @@
-"""The joint null-space solve of a large conv by one sparse factorisation of its weight rows.
+"""The joint null-space solve of a large conv by one factorisation of its weight rows.
 
 Below a deficient layer the unknowns are the conv's input x and the free coefficients a (x_upper = x_min + N a).
-Under a fixed LeakyReLU pattern the weight rows read D W x = D S (x_min + N a) (S: the inverse slopes). W D^2 W^T
-does not depend on the pattern, so it is factorised once (SuperLU); every pattern round is then d + 1 sparse
-solves: X = (W^T D^2 W)^-1 W^T D [y0, Y1] gives x = X0 + X1 a, and a is the small least-squares problem
+Under a fixed LeakyReLU pattern the weight rows read D W x = D S (x_min + N a) (S: the inverse slopes). W^T D^2 W
+does not depend on the pattern, so it is factorised once (block tridiagonal, `linalg.banded`; SuperLU where that
+fails); every pattern round is then d + 1 solves with that factor: X = (W^T D^2 W)^-1 W^T D [y0, Y1] gives
+x = X0 + X1 a, and a is the small least-squares problem
 min |T0 + T1 a| with T = [y0, Y1] - D W X, the free columns' part outside range(D W). On CNN6's conv1 at 64x64
-(12288 unknowns, 72 free coefficients) a round takes ~0.25 s where matrix-free PCG took ~0.6 s, and the pattern
+(12288 unknowns, 72 free coefficients) a round takes ~0.15 s where matrix-free PCG took ~0.6 s, and the pattern
 settles in 3 rounds instead of 11.
 
 The rounds use the weight rows alone (exact for a clean update under the right pattern); a short PCG polish on all
-equations, gradient rows included, then takes the settled answer to the least-squares one (CNN6 64x64: 61.9 ->
-64.2 dB in 200 iterations).
+equations, gradient rows included, then takes the settled answer towards the least-squares one (CNN6 64x64 from a
+float32 update: 61.9 -> 63.8 dB in 100 iterations, 0.25 s; 64.0 dB in 200).
 
 The same factor proves the joint system full rank without a dense matrix: with T1 = (I - P) Q for an orthonormal
 basis Q of the free columns (P the projector onto range(D W)), the joint normal matrix is at least
@@ -104,7 +105,7 @@ class DirectJoint:
         return self.joint.n_lower + free.shape[1]
 
 
-def direct_pattern_iteration(joint, direct: DirectJoint, *, tol: float, max_iter: int = 25, polish_iter: int = 200):
+def direct_pattern_iteration(joint, direct: DirectJoint, *, tol: float, max_iter: int = 25, polish_iter: int = 100):
     """Pattern rounds by `DirectJoint.round` (undamped while the flips fall, damped by half when they do not), then
     a PCG polish on all equations from the settled answer; the candidate with the smallest residual over all
     equations is returned."""

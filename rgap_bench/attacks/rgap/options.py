@@ -22,7 +22,8 @@ class RGAPOptions:
     rank_max_unknowns: int = 6000
     # auto: also up to this many when the counting bound predicts a null space; the dense path holds one n x n
     # matrix, factorised in place (8 n^2 bytes in float64: 2.0 GB at 16000), and falls back to PCG when it would not
-    # fit in free memory
+    # fit in free memory; from plan.WOODBURY_MIN_UNKNOWNS (8192) on, a conv on the host takes its symbol's null space
+    # (solvers/symbol_null.py) or Woodbury over its banded weight rows (solvers/woodbury.py) instead
     null_max_unknowns: int = 16000
     refine_steps: int = 2  # iterative-refinement steps after the normal-equation solve
     scale_rows: bool = True  # normalise each constraint row (every solve, the joint one too); else gradient rows drown

@@ -37,11 +37,7 @@ def solve_symbol_null(problem: LayerProblem, plan: LayerPlan, options: RGAPOptio
     def grad_rows(x: Tensor) -> Tensor:  # (n, k) pixels -> (C F kh kw, k) scaled gradient rows
         return (kmat @ x.reshape(c, h * w, -1)).reshape(c * kmat.shape[0], -1)
 
-    unreached = basis.unreached[0].numel()
-    rows = torch.empty(unreached + c * kmat.shape[0], basis.size, dtype=torch.float64)
-    for cols, pixels, unreached_rows in basis.chunks():
-        rows[:unreached, cols] = unreached_rows
-        rows[unreached:, cols] = grad_rows(pixels)
+    rows = torch.cat([basis.unreached_rows(), basis.gradient_rows(system.k_full, system.grad_scale)])
     gram = torch.from_numpy(dsyrk(1.0, rows.numpy().T, trans=0))  # M^T M, upper triangle (half a product's work)
     gram.add_(gram.T.tril(-1))
     # lambda_max to a few percent (4 power steps on the 96 MB matrix instead of 8); the next eigenvalue above the null
@@ -50,7 +46,7 @@ def solve_symbol_null(problem: LayerProblem, plan: LayerPlan, options: RGAPOptio
     spectrum = low_spectrum(gram, options.rcond, null_hint=plan.null_hint, iterations=2, top=top)
     free = spectrum.null_basis  # (size, d): theta directions no equation reaches
     u0_pixels, u0_unreached = basis.particular(system.z)
-    grad = (system.grad * system.grad_scale).cpu().double().transpose(0, 1).reshape(-1)
+    grad = (system.grad * system.grad_scale).detach().cpu().double().transpose(0, 1).reshape(-1)
     rhs = torch.cat([-u0_unreached, grad - grad_rows(u0_pixels[:, None])[:, 0]])
     theta = spectrum.solve(rows.T @ rhs, steps=4, gram=gram)
     coefficients = torch.cat([theta[:, None], free], dim=1)

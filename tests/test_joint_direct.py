@@ -1,6 +1,6 @@
-"""The joint null-space solve by one sparse factorisation of the weight rows (attacks/rgap/joint_direct.py, used
-from 8192 lower unknowns on: CNN6's conv1 at 64x64) agrees with the matrix-free pattern iteration, and its rank
-proof never claims more than the dense joint rank."""
+"""The joint null-space solve by one factorisation of the weight rows (attacks/rgap/joint_direct.py, used from
+2048 lower unknowns on: CNN6's conv1 at 64x64, CNN6-d's at 32x32) agrees with the matrix-free pattern iteration,
+and its rank proof never claims more than the dense joint rank."""
 
 import pytest
 import torch

@@ -34,7 +34,7 @@ from rgap_bench.linalg.constraints import weight_row_matrix
 from rgap_bench.linalg.sparse_spd import factor_spd
 from rgap_bench.linalg.symbol import symbol_sigma_bounds
 
-DIRECT_MIN_UNKNOWNS = 8192  # below this the matrix-free pattern iteration is as fast, and its numbers stay as they were
+DIRECT_MIN_UNKNOWNS = 2048  # below, the matrix-free pattern iteration (toy nets: their numbers stay as they were)
 PROOF = "weight-row symbol bound x Schur complement"
 
 

@@ -30,7 +30,7 @@ from rgap_bench.linalg.symbol_null import full_polyphase
 Strategy = Literal[
     "direct-linear", "pcg", "krylov", "dense", "symbol", "woodbury", "explicit-dense", "explicit-sparse", "lstsq"
 ]
-WOODBURY_MIN_UNKNOWNS = 8192  # from here a deficient conv's null space comes from `solvers.woodbury`, not dense
+WOODBURY_MIN_UNKNOWNS = 8192  # from here a deficient conv's null space comes from its symbol or Woodbury, not dense
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from rgap_bench.config import register_schemas
 from rgap_bench.data.photos import EmbeddedPhotos
 from rgap_bench.fl.client import FedSGDClient
+from rgap_bench.linalg.activations import PiecewiseLinear
 from rgap_bench.linalg.constraints import ConvGeometry
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.models import build_convnet
@@ -157,6 +158,32 @@ def _deficient_over_surplus(seed: int) -> torch.nn.Module:
 def deficient_over_surplus() -> Callable[[int], torch.nn.Module]:
     """`deficient_over_surplus(seed)`: the toy net whose deficient conv is completed jointly with the conv below."""
     return _deficient_over_surplus
+
+
+def _two_layer_problem(seed: int = 0, d: int = 5, filters: int = 4, padding: int = 1):
+    """A conv (2x6x6 in, k3 s1) under a deficient layer with d free directions: (weight, grad, geom, act, back_k,
+    x_min, null, x_lower, x_upper), the deficient layer's minimum-norm answer x_min missing x_upper by a null-space
+    component small enough to keep every sign. padding=2 makes the conv full (its Fourier symbol can bound it)."""
+    gen = torch.Generator().manual_seed(seed)
+    act = PiecewiseLinear(0.2)
+    geom = ConvGeometry((2, 6, 6), (3, 3), (1, 1), (padding, padding))
+    weight = torch.randn(filters, 2, 3, 3, dtype=torch.float64, generator=gen)
+    x_lower = torch.rand(2, 6, 6, dtype=torch.float64, generator=gen)
+    z = F.conv2d(x_lower[None], weight, padding=padding)[0]
+    x_upper = torch.where(z < 0, 0.2 * z, z).reshape(-1)
+    back_k = torch.randn(x_upper.shape, dtype=torch.float64, generator=gen)  # dL/d(x_upper), from the layer above
+    k_lower = (back_k * act.derivative(act.inverse(x_upper))).reshape(z.shape)
+    grad = torch.nn.grad.conv2d_weight(x_lower[None], weight.shape, k_lower[None], padding=padding)
+    null = torch.linalg.qr(torch.randn(x_upper.numel(), d, dtype=torch.float64, generator=gen)).Q
+    offset = null @ torch.randn(d, dtype=torch.float64, generator=gen)
+    offset *= 0.5 * float(x_upper.abs().min()) / float(offset.abs().max())
+    return weight, grad, geom, act, back_k, x_upper - offset, null, x_lower, x_upper
+
+
+@pytest.fixture(scope="session")
+def two_layer_problem() -> Callable[..., tuple]:
+    """`two_layer_problem(seed, d, filters, padding)`: the joint null-space solve's test problem."""
+    return _two_layer_problem
 
 
 def pytest_configure(config: pytest.Config) -> None:

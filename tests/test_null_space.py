@@ -6,31 +6,11 @@ import torch.nn.functional as F
 
 from rgap_bench.attacks.rgap.null_space import solve_through_null_space
 from rgap_bench.errors import UnsupportedModelError
-from rgap_bench.linalg.activations import PiecewiseLinear
-from rgap_bench.linalg.constraints import ConvGeometry
-
-
-def _two_layer_problem(seed: int = 0, d: int = 5, filters: int = 4):
-    gen = torch.Generator().manual_seed(seed)
-    act = PiecewiseLinear(0.2)
-    geom = ConvGeometry((2, 6, 6), (3, 3), (1, 1), (1, 1))
-    weight = torch.randn(filters, 2, 3, 3, dtype=torch.float64, generator=gen)
-    x_lower = torch.rand(2, 6, 6, dtype=torch.float64, generator=gen)
-    z = F.conv2d(x_lower[None], weight, padding=1)[0]
-    x_upper = torch.where(z < 0, 0.2 * z, z).reshape(-1)
-    back_k = torch.randn(x_upper.shape, dtype=torch.float64, generator=gen)  # dL/d(x_upper), from the layer above
-    k_lower = (back_k * act.derivative(act.inverse(x_upper))).reshape(z.shape)
-    grad = torch.nn.grad.conv2d_weight(x_lower[None], weight.shape, k_lower[None], padding=1)
-    null = torch.linalg.qr(torch.randn(x_upper.numel(), d, dtype=torch.float64, generator=gen)).Q
-    # The deficient layer's minimum-norm answer misses x_upper by a null-space component small enough to keep signs.
-    offset = null @ torch.randn(d, dtype=torch.float64, generator=gen)
-    offset *= 0.5 * float(x_upper.abs().min()) / float(offset.abs().max())
-    return weight, grad, geom, act, back_k, x_upper - offset, null, x_lower, x_upper
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_joint_solve_recovers_both_layers(seed):
-    weight, grad, geom, act, back_k, x_min, null, x_lower, x_upper = _two_layer_problem(seed)
+def test_joint_solve_recovers_both_layers(seed, two_layer_problem):
+    weight, grad, geom, act, back_k, x_min, null, x_lower, x_upper = two_layer_problem(seed)
     joint = solve_through_null_space(weight, grad, geom, act, back_k, x_min, null)
     assert joint.consistent and joint.residual_rel < 1e-8 and joint.unique
     assert torch.allclose(joint.x_lower.reshape(x_lower.shape).double().cpu(), x_lower, atol=1e-7)
@@ -52,25 +32,25 @@ def _explicit_joint_rank(weight, act, back_k, x_upper, null) -> int:
 
 
 @pytest.mark.parametrize(("filters", "d", "seed"), [(4, 5, 0), (2, 50, 1)])
-def test_the_joint_rank_is_the_explicit_joint_matrix_rank(filters, d, seed):
-    weight, grad, geom, act, back_k, x_min, null, _, _ = _two_layer_problem(seed, d, filters)
+def test_the_joint_rank_is_the_explicit_joint_matrix_rank(filters, d, seed, two_layer_problem):
+    weight, grad, geom, act, back_k, x_min, null, _, _ = two_layer_problem(seed, d, filters)
     joint = solve_through_null_space(weight, grad, geom, act, back_k, x_min, null)
     assert joint.consistent and joint.unknowns == 72 + d
     assert joint.rank == _explicit_joint_rank(weight, act, back_k, joint.x_upper, null)
     assert joint.open_lower.shape == (72, joint.unknowns - joint.rank)
 
 
-def test_a_settled_pattern_with_a_tiny_residual_can_still_be_wrong():
+def test_a_settled_pattern_with_a_tiny_residual_can_still_be_wrong(two_layer_problem):
     """2 filters leave 36 gradient rows per channel's 36 pixels x 2 channels, and 50 free directions eat most of
     the 72 weight rows: the pattern settles, every equation fits, the answer is wrong, and only the rank says so."""
-    weight, grad, geom, act, back_k, x_min, null, x_lower, _ = _two_layer_problem(1, 50, 2)
+    weight, grad, geom, act, back_k, x_min, null, x_lower, _ = two_layer_problem(1, 50, 2)
     joint = solve_through_null_space(weight, grad, geom, act, back_k, x_min, null)
     assert joint.consistent and joint.residual_rel < 1e-10
     assert float((joint.x_lower.reshape(x_lower.shape) - x_lower).abs().max()) > 0.1
     assert (joint.rank, joint.unknowns) == (108, 122) and not joint.unique
 
 
-def test_a_linear_layer_below_is_refused_with_advice():
-    weight, grad, _, act, back_k, x_min, null, _, _ = _two_layer_problem()
+def test_a_linear_layer_below_is_refused_with_advice(two_layer_problem):
+    weight, grad, _, act, back_k, x_min, null, _, _ = two_layer_problem()
     with pytest.raises(UnsupportedModelError, match="carry_null_space=false"):
         solve_through_null_space(weight, grad, None, act, back_k, x_min, null)

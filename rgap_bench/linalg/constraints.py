@@ -107,6 +107,13 @@ def weight_row_matrix(weight: Tensor, geom: ConvGeometry, idx: Tensor | None = N
     return _coo(rows.reshape(-1), cols.reshape(-1), vals.reshape(-1), (filters * positions, n))
 
 
+def scaled_weight_rows(system) -> sp.csr_matrix:
+    """A conv layer system's (`operators.ConvSystem`) scaled weight rows D_w W as a sparse host matrix, its pooling
+    folded into the row weights: what the sparse and banded factorisations of the weight part start from."""
+    scale = system.weight_scale.detach().reshape(-1).double().cpu().numpy()
+    return (sp.diags(scale) @ weight_row_matrix(system.row_weight.cpu(), system.row_geom)).tocsr()
+
+
 def linear_constraints(weight: Tensor, weight_grad: Tensor, k: Tensor, z: Tensor | None) -> list[ConstraintBlock]:
     """Gradient rows dL/dW[j,i] = k[j] x[i] (only rows with k[j] != 0 carry information) and rows W x = z."""
     n = weight.shape[1]

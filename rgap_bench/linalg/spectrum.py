@@ -154,25 +154,46 @@ def low_spectrum(
     else:
         raise RuntimeError(f"Cholesky of the shifted {n}x{n} normal matrix failed; the matrix is not PSD")
     gram_times = gram.__matmul__ if in_place is None else in_place.gram_times
-    gen = torch.Generator(device=gram.device).manual_seed(seed)
-    threshold = rcond * top
-    basis = gram.new_zeros((n, 0))
+    null, ritz = block_inverse_iteration(
+        lambda block: cholesky_solve(block, chol), gram_times, rcond * top, like=gram, null_hint=null_hint,
+        iterations=iterations, max_rounds=max_rounds, seed=seed,
+    )  # fmt: skip
+    rank = n - null.shape[1]
+    sigma_min = (max(float(ritz[0]), 0.0) / top) ** 0.5 if rank == n else 0.0
+    return LowSpectrum(top, shift, chol, rank, sigma_min, null, in_place)
+
+
+def block_inverse_iteration(
+    inverse: Callable[[Tensor], Tensor],
+    gram_times: Callable[[Tensor], Tensor],
+    threshold: float,
+    *,
+    like: Tensor,
+    null_hint: int = 0,
+    iterations: int = 4,
+    max_rounds: int = 8,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """The eigenvectors of G below `threshold` and the Ritz values, by block inverse iteration with `inverse`
+    ((G + s I)^-1 on (n, k) blocks) and a Rayleigh-Ritz step with `gram_times` (G on blocks). The block starts at
+    `null_hint` + 8 columns (at least 16) and doubles, keeping the vectors already iterated, while it is found
+    entirely below: the null space may be larger than the block. `like`: an (n, n) or (n, ...) tensor for n, the
+    dtype and the device."""
+    n = like.shape[0]
+    gen = torch.Generator(device=like.device).manual_seed(seed)
+    basis = like.new_zeros((n, 0))
     size = min(n, max(16, null_hint + 8))
     while True:
-        fresh = torch.randn(n, size - basis.shape[1], dtype=gram.dtype, device=gram.device, generator=gen)
+        fresh = torch.randn(n, size - basis.shape[1], dtype=like.dtype, device=like.device, generator=gen)
         basis = torch.cat([basis, fresh], dim=1)
         for _ in range(iterations):
-            basis = torch.linalg.qr(cholesky_solve(basis, chol)).Q
+            basis = torch.linalg.qr(inverse(basis)).Q
         ritz, vectors = torch.linalg.eigh(basis.T @ gram_times(basis))
         small = ritz <= threshold
         max_rounds -= 1
         if int(small.sum()) < size or size == n or max_rounds == 0:
-            break
-        size = min(n, 2 * size)  # the whole block is null: the null space may be larger than the block
-    null = basis @ vectors[:, small]
-    rank = n - int(small.sum())
-    sigma_min = (max(float(ritz[0]), 0.0) / top) ** 0.5 if rank == n else 0.0
-    return LowSpectrum(top, shift, chol, rank, sigma_min, null, in_place)
+            return basis @ vectors[:, small], ritz
+        size = min(n, 2 * size)
 
 
 @dataclass

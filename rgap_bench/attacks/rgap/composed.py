@@ -38,7 +38,7 @@ from torch import Tensor
 
 from rgap_bench.attacks.rgap.null_space import JointSolution
 from rgap_bench.linalg.activations import PiecewiseLinear
-from rgap_bench.linalg.constraints import ConvGeometry, weight_row_matrix
+from rgap_bench.linalg.constraints import ConvGeometry, scaled_weight_rows, weight_row_matrix
 from rgap_bench.linalg.operators import ConvSystem
 from rgap_bench.linalg.sparse_spd import factor_spd
 
@@ -85,8 +85,7 @@ def composed_rows(
     per_unit = lower.shape[0] // lower_weight.shape[0]
     bias = np.zeros(lower.shape[0]) if lower_bias is None else np.repeat(_host(lower_bias), per_unit)
     scale = _host(upper.weight_scale)
-    rows = sp.diags(scale) @ weight_row_matrix(upper.row_weight, upper.row_geom)
-    return ComposedRows(sp.csc_matrix(rows), lower, bias, _host(upper.z) * scale)
+    return ComposedRows(sp.csc_matrix(scaled_weight_rows(upper)), lower, bias, _host(upper.z) * scale)
 
 
 def sign_changes(pre: np.ndarray, negative: np.ndarray) -> np.ndarray:

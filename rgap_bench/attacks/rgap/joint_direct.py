@@ -25,12 +25,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor
 
 from rgap_bench.linalg.banded import banded_cholesky
-from rgap_bench.linalg.constraints import weight_row_matrix
+from rgap_bench.linalg.constraints import scaled_weight_rows
 from rgap_bench.linalg.sparse_spd import factor_spd
 from rgap_bench.linalg.symbol import symbol_sigma_bounds
 
@@ -46,8 +45,7 @@ class DirectJoint:
         system, _ = joint.system(joint.x_min)
         self.system = system  # the pattern-free parts: weight rows, their scale and symbol
         self.scale = system.weight_scale.reshape(-1).cpu().numpy()
-        self.rows = sp.diags(self.scale) @ weight_row_matrix(system.row_weight.cpu(), system.row_geom)
-        self.rows = self.rows.tocsr()
+        self.rows = scaled_weight_rows(system)
         self.normal = (self.rows.T @ self.rows).tocsr()
         banded = banded_cholesky(self.normal, system.shape)  # BLAS 3 solves: ~5x SuperLU's for 73 columns
         if banded is None:  # not positive definite in floating point as blocks: SuperLU's pivots

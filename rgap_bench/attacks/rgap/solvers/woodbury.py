@@ -29,8 +29,9 @@ from rgap_bench.attacks.rgap.plan import LayerPlan
 from rgap_bench.attacks.rgap.solvers.base import LayerProblem, LayerSolve
 from rgap_bench.attacks.rgap.solvers.dense import operator_top, solve_dense
 from rgap_bench.linalg.banded import banded_cholesky
-from rgap_bench.linalg.constraints import weight_row_matrix
+from rgap_bench.linalg.constraints import scaled_weight_rows
 from rgap_bench.linalg.operators import ConvSystem
+from rgap_bench.linalg.spectrum import block_inverse_iteration
 
 ITERATIONS = (
     2  # inverse-iteration steps per block: an eigenvalue at 1e3 x the shift is damped by 1e-6 (CNN6's conv2: 2e3)
@@ -45,9 +46,7 @@ class ShiftedInverse:
         self.banded = None
         if system.z is None:
             return  # no weight rows: nothing banded to factorise
-        rows = sp.diags(system.weight_scale.reshape(-1).cpu().numpy()) @ weight_row_matrix(
-            system.row_weight.cpu(), system.row_geom
-        )
+        rows = scaled_weight_rows(system)
         weight_part = (rows.T @ rows + shift * sp.identity(c * h * w)).tocsr()
         self.banded = banded_cholesky(weight_part, (c, h, w))
         if self.banded is None:
@@ -94,7 +93,11 @@ def solve_woodbury(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions)
         out = [system.normal(col.to(**like).reshape(shape)).reshape(-1) for col in columns.T]
         return torch.stack(out, dim=1).cpu().double()
 
-    null, ritz = _low_eigenvectors(inverse, normal, n, options.rcond * top, plan.null_hint)
+    host = torch.empty((n, 0), dtype=torch.float64)  # the iteration runs on the host, in float64
+    null, ritz = block_inverse_iteration(
+        inverse, normal, options.rcond * top, like=host, null_hint=plan.null_hint, iterations=ITERATIONS, max_rounds=6
+    )
+    ritz = float(ritz[0])
     rank = n - null.shape[1]
 
     def project(x: Tensor) -> Tensor:
@@ -114,22 +117,3 @@ def solve_woodbury(problem: LayerProblem, plan: LayerPlan, options: RGAPOptions)
         null_basis=null.to(**like) if rank < n else None,
         rank_method="shift-invert iteration",
     )
-
-
-def _low_eigenvectors(inverse, normal, n: int, threshold: float, hint: int, max_rounds: int = 6):
-    """Eigenvectors of A below `threshold` by block inverse iteration with (A + s I)^-1 (the block doubles while
-    it is found entirely below), and the smallest Ritz value."""
-    gen = torch.Generator().manual_seed(0)
-    basis = torch.zeros(n, 0, dtype=torch.float64)
-    size = min(n, max(16, hint + 8))
-    while True:
-        fresh = torch.randn(n, size - basis.shape[1], dtype=torch.float64, generator=gen)
-        basis = torch.cat([basis, fresh], dim=1)
-        for _ in range(ITERATIONS):
-            basis = torch.linalg.qr(inverse(basis)).Q
-        ritz, vectors = torch.linalg.eigh(basis.T @ normal(basis))
-        small = ritz <= threshold
-        max_rounds -= 1
-        if int(small.sum()) < size or size == n or max_rounds == 0:
-            return basis @ vectors[:, small], float(ritz[0])
-        size = min(n, 2 * size)
